@@ -1,0 +1,58 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Each installs what it needs (.venv/, pip packages, redis-server, the Go build of
+# the control plane, cached under ~/.cache/beatkeeper) and is quick once it exists.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: all test test-unit test-integration test-e2e test-kind lint demo dev-up \
+	system-deps venv cluster-binary clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+system-deps:
+	@scripts/ensure-system-deps
+
+# Builds the control plane once (a cold build takes minutes and prints progress).
+cluster-binary: venv
+	@$(BIN)/python -m beatkeeper.devenv.build >/dev/null
+
+test: venv system-deps cluster-binary
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: venv system-deps
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: venv system-deps cluster-binary
+	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
+# Needs a Docker engine: pytest-kind creates a kind cluster for the end-to-end tier.
+test-kind: venv system-deps
+	$(BIN)/python -m pip install -q -e '.[test,kind]'
+	BEATKEEPER_KIND=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check operator worker_image tests bench
+	$(BIN)/ruff format --check operator worker_image tests bench
+	$(BIN)/mypy
+
+demo: venv system-deps cluster-binary
+	$(BIN)/beatkeeper dev up $(if $(KUBECONFIG),--cluster $(KUBECONFIG))
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

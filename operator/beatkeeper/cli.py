@@ -1,0 +1,99 @@
+"""The `beatkeeper` console script."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from beatkeeper.settings import Settings
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM/SIGINT so `finally` blocks run."""
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def install_stop_signals() -> None:
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+
+
+def _say(message: str) -> None:
+    print(f"[beatkeeper] {message}", file=sys.stderr, flush=True)
+
+
+def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
+    from beatkeeper.devenv.environment import local_environment
+    from beatkeeper.devenv.kube import install_crds
+
+    dev = settings.dev
+    kubeconfig = args.kubeconfig or dev.state_dir / "kubeconfig"
+    external = args.cluster or dev.external_kubeconfig
+    install_stop_signals()
+    try:
+        with local_environment(
+            dev,
+            redis=args.only != "cluster",
+            kubeconfig=None if external else kubeconfig,
+            external_kubeconfig=external,
+            progress=_say,
+        ) as env:
+            if args.only is None:
+                install_crds(env.kubeconfig, _crds_dir())
+                _say("CRDs installed: scheduledtasks.beatkeeper.dev, workerpools.beatkeeper.dev")
+            _say(f"kubeconfig: {env.kubeconfig}")
+            if env.redis_url:
+                _say(f"redis: {env.redis_url}")
+            _say(f"logs: {env.log_dir}")
+            _say(f"processes: {', '.join(f'{c.name}={c.pid}' for c in env.supervisor.components)}")
+            _say(f"try: KUBECONFIG={env.kubeconfig} kubectl get namespaces")
+            _say("running; press Ctrl-C to stop")
+            threading.Event().wait()
+    except _Stop as stop:
+        _say(f"{stop}: stopped every process this command started")
+    return 0
+
+
+def _crds_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "crds"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="beatkeeper", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    dev = commands.add_parser("dev", help="the local development environment")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+    up = dev_commands.add_parser(
+        "up", help="start the local system in the foreground; Ctrl-C stops it"
+    )
+    up.add_argument("--kubeconfig", type=Path, help="where to write the local cluster's kubeconfig")
+    up.add_argument(
+        "--cluster",
+        type=Path,
+        metavar="KUBECONFIG",
+        help="use this existing cluster instead of starting a control plane",
+    )
+    up.add_argument(
+        "--only",
+        choices=["cluster", "infra"],
+        help="cluster: just the control plane; infra: the control plane and Redis",
+    )
+    up.set_defaults(run=_dev_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args, Settings.from_env()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Build and cache the Go binaries the local environment runs.
+
+The control plane (etcd, kube-apiserver, kube-controller-manager in one binary)
+is built from the Go module in tests/cluster/. The binary, GOMODCACHE and
+GOCACHE live under the cache directory, outside the repository; the binary's
+name carries a hash of its inputs, so it is rebuilt only when they change. A
+cold build takes many minutes on two cores, so progress is reported per
+compiled package.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from beatkeeper.settings import DevSettings
+
+Progress = Callable[[str], None]
+
+_MODULE_FILES = ("go.mod", "go.sum", "main.go")
+_VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+
+
+class BuildFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class GoBuild:
+    """The inputs of one cached Go build and where its output goes."""
+
+    module_dir: Path
+    cache_dir: Path
+
+    @property
+    def kubernetes_version(self) -> str:
+        match = re.search(r"^\s*k8s\.io/kubernetes (v\S+)", self._read("go.mod"), re.M)
+        if not match:
+            raise BuildFailed(f"{self.module_dir / 'go.mod'} does not require k8s.io/kubernetes")
+        return match.group(1)
+
+    @property
+    def binary(self) -> Path:
+        return self.cache_dir / "bin" / f"cluster-{self._input_hash()}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            GOMODCACHE=str(self.cache_dir / "go" / "mod"),
+            GOCACHE=str(self.cache_dir / "go" / "build"),
+            GOTOOLCHAIN="local",
+            GOFLAGS="-buildvcs=false -mod=readonly",
+            CGO_ENABLED="0",
+        )
+        return env
+
+    def ldflags(self) -> str:
+        version = self.kubernetes_version
+        major, minor = version.lstrip("v").split(".")[:2]
+        flags = ["-s", "-w"]
+        for package in _VERSION_PACKAGES:
+            flags += [
+                f"-X {package}.gitVersion={version}",
+                f"-X {package}.gitMajor={major}",
+                f"-X {package}.gitMinor={minor}",
+                f"-X {package}.gitTreeState=clean",
+            ]
+        return " ".join(flags)
+
+    def _read(self, name: str) -> str:
+        return (self.module_dir / name).read_text()
+
+    def _input_hash(self) -> str:
+        digest = hashlib.sha256()
+        for name in _MODULE_FILES:
+            digest.update(name.encode() + b"\0" + (self.module_dir / name).read_bytes())
+        digest.update(_go_version().encode())
+        return digest.hexdigest()[:16]
+
+
+def _go_version() -> str:
+    try:
+        out = subprocess.run(["go", "version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise BuildFailed(f"Go is needed to build the control plane: {error}") from error
+    return out.stdout.strip()
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    # Parallel test sessions must not build the same binary twice.
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _count_packages(build: GoBuild) -> int:
+    out = subprocess.run(
+        ["go", "list", "-deps", "."],
+        cwd=build.module_dir,
+        env=build.env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise BuildFailed(f"go list failed:\n{out.stderr[-4000:]}")
+    return len(out.stdout.split())
+
+
+def _compile(build: GoBuild, output: Path, progress: Progress) -> None:
+    started = time.monotonic()
+    progress("resolving Go modules (first run downloads them)")
+    total = _count_packages(build)
+    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", build.ldflags(), "-o", str(output), "."]
+    proc = subprocess.Popen(
+        cmd, cwd=build.module_dir, env=build.env(), stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    for done, line in enumerate(proc.stderr, start=1):
+        tail.append(line)
+        if done % 50 == 0:
+            elapsed = time.monotonic() - started
+            progress(f"compiling {min(done, total)}/{total} packages ({elapsed:.0f} s)")
+    if proc.wait() != 0:
+        raise BuildFailed(f"go build failed:\n{''.join(tail)}")
+
+
+def ensure_cluster_binary(settings: DevSettings, progress: Progress | None = None) -> Path:
+    """Return the cached control-plane binary, building it first if needed."""
+    report = progress or _print_progress
+    build = GoBuild(module_dir=settings.cluster_module, cache_dir=settings.cache_dir)
+    binary = build.binary
+    if binary.exists():
+        return binary
+    with _exclusive(binary.parent / ".build.lock"):
+        if binary.exists():
+            return binary
+        started = time.monotonic()
+        report(f"building the control plane {build.kubernetes_version} (cold: 10-20 minutes)")
+        partial = binary.with_suffix(".partial")
+        _compile(build, partial, report)
+        partial.rename(binary)
+        report(f"built {binary} in {time.monotonic() - started:.0f} s")
+    return binary
+
+
+def _print_progress(message: str) -> None:
+    print(f"[beatkeeper] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    from beatkeeper.settings import Settings
+
+    print(ensure_cluster_binary(Settings.from_env().dev))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""A throwaway certificate authority for the local control plane and webhook.
+
+Made with the `cryptography` package: kopf's own self-signed path (certbuilder /
+oscrypto) cannot detect Debian 12's OpenSSL 3 (see FACTS.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_VALIDITY = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    cert_path: Path
+    key_path: Path
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _subject_alt_names(hosts: list[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    pair: KeyPair
+
+    @classmethod
+    def create(
+        cls, directory: Path, common_name: str = "beatkeeper-local-ca"
+    ) -> CertificateAuthority:
+        directory.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(_name(common_name))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        pair = KeyPair(directory / "ca.crt", directory / "ca.key")
+        pair.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(pair.key_path, key)
+        return cls(pair)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.pair.cert_path.read_bytes()
+
+    def issue_serving(self, directory: Path, name: str, hosts: list[str]) -> KeyPair:
+        """A server certificate for `hosts` (IP addresses or DNS names)."""
+        ca_cert = x509.load_pem_x509_certificate(self.cert_pem)
+        ca_key = serialization.load_pem_private_key(self.pair.key_path.read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(hosts[0]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(_subject_alt_names(hosts), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        pair = KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
+        pair.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(pair.key_path, key)
+        return pair
+
+
+def write_service_account_key(path: Path) -> Path:
+    """The RSA key kube-apiserver signs and verifies service account tokens with."""
+    _write_key(path, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return path

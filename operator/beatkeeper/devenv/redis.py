@@ -1,0 +1,58 @@
+"""A throwaway Redis (Debian's redis-server) on a free loopback port."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import redis
+
+from beatkeeper.devenv.cluster import free_port
+from beatkeeper.devenv.processes import Component, Supervisor, wait_until
+
+
+class RedisMissing(RuntimeError):
+    pass
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_redis(
+    supervisor: Supervisor, workdir: Path, executable: str = "redis-server"
+) -> tuple[Component, str]:
+    """Start redis-server; return the component and its URL."""
+    if shutil.which(executable) is None:
+        raise RedisMissing(f"{executable} not found; install it with: apt-get install redis-server")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    component = supervisor.start(
+        "redis",
+        [
+            executable,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            # Evicting keys would make schedules vanish silently (FACTS.md).
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+    )
+    wait_until(component, lambda: _pings(url), timeout=30)
+    return component, url
