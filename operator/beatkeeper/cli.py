@@ -66,9 +66,20 @@ def _crds_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "crds"
 
 
+def _operator(_args: argparse.Namespace, _settings: Settings) -> int:
+    from beatkeeper.operator.main import run
+
+    run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="beatkeeper", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    operator = commands.add_parser(
+        "operator", help="run the operator against the current kubeconfig (wraps kopf)"
+    )
+    operator.set_defaults(run=_operator)
     dev = commands.add_parser("dev", help="the local development environment")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_commands.add_parser(

@@ -1,4 +1,4 @@
-"""A throwaway certificate authority for the local control plane and webhook.
+"""A small certificate authority: the local control plane's and the webhook's certificates.
 
 Made with the `cryptography` package: kopf's own self-signed path (certbuilder /
 oscrypto) cannot detect Debian 12's OpenSSL 3 (see FACTS.md).

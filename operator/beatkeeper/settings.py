@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -52,11 +53,172 @@ class DevSettings:
         )
 
 
+def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+WebhookMode = Literal["local", "service", "off"]
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """How the operator connects and serves; see the chart's values for the in-cluster values."""
+
+    redis_url: str
+    namespaces: tuple[str, ...]  # empty: every namespace
+    resync_seconds: float
+    webhook: WebhookMode
+    webhook_listen: str  # address the webhook server binds
+    webhook_port: int  # 0: a free port (local mode)
+    webhook_cert_dir: Path | None  # service mode: tls.crt and tls.key from a Secret
+    health_port: int  # 0: no liveness endpoint
+    metrics_port: int  # 0: no metrics endpoint
+    redbeat_prefix: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
+        mode = env.get("BEATKEEPER_WEBHOOK", "local").strip() or "local"
+        if mode not in ("local", "service", "off"):
+            raise ValueError(f"BEATKEEPER_WEBHOOK={mode!r}: use local, service or off")
+        cert_dir = env.get("BEATKEEPER_WEBHOOK_CERT_DIR", "").strip()
+        return cls(
+            redis_url=env.get("BEATKEEPER_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            namespaces=_csv(env, "BEATKEEPER_NAMESPACES"),
+            resync_seconds=_number(env, "BEATKEEPER_RESYNC_SECONDS", 10.0),
+            webhook=mode,  # type: ignore[arg-type]
+            webhook_listen=env.get("BEATKEEPER_WEBHOOK_LISTEN", "127.0.0.1"),
+            webhook_port=int(_number(env, "BEATKEEPER_WEBHOOK_PORT", 0)),
+            webhook_cert_dir=Path(cert_dir) if cert_dir else None,
+            health_port=int(_number(env, "BEATKEEPER_HEALTH_PORT", 0)),
+            metrics_port=int(_number(env, "BEATKEEPER_METRICS_PORT", 0)),
+            redbeat_prefix=env.get("BEATKEEPER_REDBEAT_PREFIX", "redbeat:"),
+        )
+
+
+WorkerPoolKind = Literal["prefork", "threads"]
+TlsVerify = Literal["required", "optional", "none"]
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default)
+    if value <= 0:
+        raise ValueError(f"{name}={value:g} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """One worker pod: its broker, queue, pool, policy limits and run-registry timings.
+
+    The run registry lives in the broker's Redis, so one URL (and one set of TLS
+    options) serves Celery and Beatkeeper's own keys. Durations are seconds; the
+    lease, renew and sweep timings are exposed so tests can scale them down.
+    """
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    tls_verify: TlsVerify = "required"  # rediss:// only
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    queue: str = ""
+    pool: WorkerPoolKind = "prefork"
+    concurrency: int = 2
+    prefetch: int = 1
+    task_modules: tuple[str, ...] = ()
+    allowed_tasks: tuple[str, ...] = ("*",)
+    allowed_hosts: tuple[str, ...] = ()
+    # Long on purpose: the broker's redelivery is only a last resort here,
+    # recovery of dead workers' runs is the lease sweeper's job.
+    visibility_timeout_seconds: float = 6 * 3600.0
+    restore_interval_seconds: float | None = None  # None: kombu's default cadence
+    lease_seconds: float = 15.0
+    renew_seconds: float = 5.0
+    sweep_seconds: float = 1.0
+    retention_seconds: float = 7 * 86400.0
+    records_maxlen: int = 100_000
+    liveness_file: Path = Path("/tmp/beatkeeper-worker.alive")  # noqa: S108 - an emptyDir
+    liveness_seconds: float = 5.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.renew_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"BEATKEEPER_LEASE_RENEW_SECONDS={self.renew_seconds:g} must be at most half of "
+                f"BEATKEEPER_LEASE_SECONDS={self.lease_seconds:g}, so one missed renewal "
+                "does not lose a lease"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
+        pool = env.get("BEATKEEPER_WORKER_POOL", "prefork").strip() or "prefork"
+        if pool not in ("prefork", "threads"):
+            raise ValueError(f"BEATKEEPER_WORKER_POOL={pool!r}: use prefork or threads")
+        verify = env.get("BEATKEEPER_BROKER_TLS_VERIFY", "required").strip() or "required"
+        if verify not in ("required", "optional", "none"):
+            raise ValueError(
+                f"BEATKEEPER_BROKER_TLS_VERIFY={verify!r}: use required, optional or none"
+            )
+        restore = env.get("BEATKEEPER_BROKER_RESTORE_INTERVAL", "").strip()
+        return cls(
+            broker_url=(
+                env.get("BEATKEEPER_BROKER_URL", "").strip()
+                or env.get("BEATKEEPER_REDIS_URL", "").strip()
+                or cls.broker_url
+            ),
+            tls_verify=verify,  # type: ignore[arg-type]
+            tls_ca_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_CA_FILE"),
+            tls_cert_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_CERT_FILE"),
+            tls_key_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_KEY_FILE"),
+            queue=env.get("BEATKEEPER_WORKER_QUEUE", "").strip(),
+            pool=pool,  # type: ignore[arg-type]
+            concurrency=int(_positive(env, "BEATKEEPER_WORKER_CONCURRENCY", 2)),
+            prefetch=int(_positive(env, "BEATKEEPER_WORKER_PREFETCH", 1)),
+            task_modules=_csv(env, "BEATKEEPER_TASK_MODULES"),
+            allowed_tasks=_csv(env, "BEATKEEPER_ALLOWED_TASKS") or ("*",),
+            allowed_hosts=_csv(env, "BEATKEEPER_ALLOWED_HOSTS"),
+            visibility_timeout_seconds=_positive(
+                env, "BEATKEEPER_BROKER_VISIBILITY_TIMEOUT", cls.visibility_timeout_seconds
+            ),
+            restore_interval_seconds=(
+                _positive(env, "BEATKEEPER_BROKER_RESTORE_INTERVAL", 1) if restore else None
+            ),
+            lease_seconds=_positive(env, "BEATKEEPER_LEASE_SECONDS", cls.lease_seconds),
+            renew_seconds=_positive(env, "BEATKEEPER_LEASE_RENEW_SECONDS", cls.renew_seconds),
+            sweep_seconds=_positive(env, "BEATKEEPER_SWEEP_SECONDS", cls.sweep_seconds),
+            retention_seconds=_positive(
+                env, "BEATKEEPER_RUN_RETENTION_SECONDS", cls.retention_seconds
+            ),
+            records_maxlen=int(_positive(env, "BEATKEEPER_RECORDS_MAXLEN", cls.records_maxlen)),
+            liveness_file=_path(env, "BEATKEEPER_LIVENESS_FILE", cls.liveness_file),
+            liveness_seconds=_positive(env, "BEATKEEPER_LIVENESS_SECONDS", cls.liveness_seconds),
+            log_level=env.get("BEATKEEPER_WORKER_LOGLEVEL", "").strip().upper() or "INFO",
+        )
+
+
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name, "").strip()
+    return Path(value).expanduser() if value else None
+
+
 @dataclass(frozen=True)
 class Settings:
     dev: DevSettings
+    operator: OperatorSettings
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        return cls(dev=DevSettings.from_env(env))
+        return cls(
+            dev=DevSettings.from_env(env),
+            operator=OperatorSettings.from_env(env),
+            worker=WorkerSettings.from_env(env),
+        )

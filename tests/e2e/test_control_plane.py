@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from e2e_helpers import eventually, get_json
 
 from beatkeeper.devenv.kube import CRD_NAMES, kubectl
-
-
-def eventually(check: Callable[[], bool], timeout: float = 60, interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s: {check.__doc__ or check}")
-        time.sleep(interval)
-
-
-def get_json(kubeconfig: Path, *args: str) -> dict:
-    return json.loads(kubectl(kubeconfig, "get", *args, "-o", "json").stdout)
 
 
 def test_server_reports_the_built_version(kubeconfig: Path) -> None:

@@ -13,7 +13,7 @@ from cryptography import x509
 
 from beatkeeper.devenv.build import GoBuild
 from beatkeeper.devenv.cluster import free_port, write_kubeconfig
-from beatkeeper.devenv.pki import CertificateAuthority
+from beatkeeper.pki import CertificateAuthority
 
 MODULE = Path(__file__).resolve().parents[1] / "cluster"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from beatkeeper.devenv.pki import CertificateAuthority, write_service_account_key
 from beatkeeper.devenv.processes import Supervisor, wait_until
+from beatkeeper.pki import CertificateAuthority, write_service_account_key
 
 ADMIN_TOKEN = "admin-token"  # noqa: S105 - a local, loopback-only test cluster
 _CONTROLLERS = ",".join(

@@ -1,0 +1,77 @@
+"""Admission review for both kinds: what the CRD schema and CEL cannot check.
+
+Pure functions from the request (operation, new and old spec, the WorkerPools
+known in the namespace) to an error message or None. The kopf wiring in `main`
+turns a message into a refusal that names the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from beatkeeper.api.validation import (
+    FieldError,
+    InvalidSpec,
+    parse_scheduled_task,
+    parse_worker_pool,
+    task_errors,
+)
+from beatkeeper.api.workerpool import WorkerPoolSpec
+
+PoolSpecs = Mapping[tuple[str, str], Mapping[str, Any]]
+
+
+def _unchanged(
+    operation: str | None, spec: Mapping[str, Any] | None, old_spec: Mapping[str, Any] | None
+) -> bool:
+    # Metadata-only updates (finalizer removal, labels, run-now annotations) must
+    # pass even for an object stored while the webhook was down, or it could
+    # never be deleted.
+    return operation == "UPDATE" and old_spec is not None and dict(spec or {}) == dict(old_spec)
+
+
+def _known_pool(pools: PoolSpecs, namespace: str, name: str) -> WorkerPoolSpec | None:
+    raw = pools.get((namespace, name))
+    if raw is None:
+        return None
+    try:
+        return parse_worker_pool(raw)
+    except InvalidSpec:
+        return None  # that pool is Stalled itself; its own status says why
+
+
+def review_scheduled_task(
+    operation: str | None,
+    namespace: str,
+    spec: Mapping[str, Any] | None,
+    old_spec: Mapping[str, Any] | None,
+    pools: PoolSpecs,
+) -> str | None:
+    """None to admit, or the refusal message naming the field and the reason."""
+    if _unchanged(operation, spec, old_spec):
+        return None
+    errors: list[FieldError] = []
+    try:
+        parse_scheduled_task(spec)
+    except InvalidSpec as error:
+        errors += error.errors
+    pool_name = str((spec or {}).get("workerPool", ""))
+    pool = _known_pool(pools, namespace, pool_name)
+    task = (spec or {}).get("task")
+    task_name = task.get("name") if isinstance(task, Mapping) else None
+    if pool is not None and isinstance(task_name, str):
+        errors += task_errors(task_name, pool_name, pool)
+    return str(InvalidSpec(errors)) if errors else None
+
+
+def review_worker_pool(
+    operation: str | None, spec: Mapping[str, Any] | None, old_spec: Mapping[str, Any] | None
+) -> str | None:
+    if _unchanged(operation, spec, old_spec):
+        return None
+    try:
+        parse_worker_pool(spec)
+    except InvalidSpec as error:
+        return str(error)
+    return None

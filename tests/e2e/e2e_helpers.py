@@ -1,0 +1,40 @@
+"""Helpers shared by the end-to-end tests (imported as a plain module by pytest)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beatkeeper.devenv.kube import kubectl
+
+
+def eventually(check: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
+    """Poll `check` until it returns something truthy; fail with its docstring."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"not met within {timeout} s: {check.__doc__ or check}")
+        time.sleep(interval)
+
+
+def get_json(kubeconfig: Path, *args: str) -> Any:
+    return json.loads(kubectl(kubeconfig, "get", *args, "-o", "json").stdout)
+
+
+def apply(
+    kubeconfig: Path, namespace: str, manifest: dict[str, Any] | str, check: bool = True
+) -> Any:
+    text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+    return kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=text, check=check)
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
