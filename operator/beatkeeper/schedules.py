@@ -311,6 +311,7 @@ def _parse_expression(expression: str) -> _CronSpec:
 
 # Feb 29 schedules can wait 8 years (2096 -> 2104); 28 covers every calendar pattern.
 _SEARCH_YEARS = 28
+_ZERO = timedelta(0)
 _SECOND = timedelta(seconds=1)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -372,30 +373,53 @@ class CronSchedule:
         """Run instants of the slots that may run after `local`, in UTC, never decreasing.
 
         A slot runs at its first occurrence, or at the end of the gap that skipped it.
-        For every-hour schedules a repeated slot also runs at its second occurrence.
-        Those come after all first occurrences of the repeated stretch and before the
-        slots that follow it, because that is their order in real time.
+        For every-hour schedules a repeated slot also runs at its second occurrence. In
+        real time the second occurrences of a repeated stretch come after all its first
+        occurrences and before the slots that follow it, so they are held back until
+        the walk reaches a slot that is not repeated.
         """
         zone, twice = self._zone, self._spec.every_hour
-        start = local.replace(tzinfo=None)
-        if twice and local.fold == 0:
-            # In the first pass through a repeated stretch, slots up to one shift before
-            # `local` are still ahead, at their second occurrence.
-            start -= _offset(zone, start) - _offset(zone, start.replace(fold=1))
-        repeats: list[datetime] = []  # second occurrences due once the first pass ends
+        start = local.replace(tzinfo=None, fold=0)
+        shift = _offset(zone, start) - _offset(zone, start.replace(fold=1)) if twice else _ZERO
+        # `shift` is nonzero inside a repeated stretch, which ends within one shift of
+        # `local`. In its second pass (fold=1) only second occurrences are ahead. In its
+        # first pass the slots of the last shift before `local` still run again later.
+        second_pass_end = start + shift if local.fold else datetime.min
+        earlier = start - shift if shift and not local.fold else None
+        repeats: list[datetime] = []  # second occurrences held back
         for naive in self._wall_clock_slots(start):
             offset, later_offset = _offset(zone, naive), _offset(zone, naive.replace(fold=1))
-            if offset < later_offset:  # skipped: the clocks jumped forward over it
-                run = self._gap_end(naive)
-            else:  # fold=0 reads a repeated time with the earlier offset: first occurrence
-                run = (naive - offset).replace(tzinfo=UTC)
-            if repeats and run >= repeats[0]:
+            repeated = twice and offset > later_offset  # the clocks went back over it
+            if repeated and naive < second_pass_end:
+                yield (naive - later_offset).replace(tzinfo=UTC)
+                continue
+            # The first slot that is not repeated ends the first pass. (Repeated stretches
+            # are far apart: in tzdata, clocks never go back twice within days.)
+            if (earlier is not None or repeats) and not repeated:
+                if earlier is not None:
+                    yield from self._second_occurrences(earlier, start)
+                    earlier = None
                 yield from repeats
                 repeats = []
-            yield run
-            if twice and offset > later_offset:  # repeated: the clocks went back over it
+            if repeated:
                 repeats.append((naive - later_offset).replace(tzinfo=UTC))
+            if offset < later_offset:  # skipped: the clocks jumped forward over it
+                yield self._gap_end(naive)
+            else:  # fold=0 reads a repeated time with the earlier offset: first occurrence
+                yield (naive - offset).replace(tzinfo=UTC)
+        if earlier is not None:
+            yield from self._second_occurrences(earlier, start)
         yield from repeats
+
+    def _second_occurrences(self, begin: datetime, end: datetime) -> Iterator[datetime]:
+        """Second occurrences, in UTC, of the repeated slots from `begin` to `end`'s minute."""
+        zone, end = self._zone, end.replace(second=0, microsecond=0)
+        for naive in self._wall_clock_slots(begin):
+            if naive >= end:
+                return
+            later_offset = _offset(zone, naive.replace(fold=1))
+            if _offset(zone, naive) > later_offset:
+                yield (naive - later_offset).replace(tzinfo=UTC)
 
     def _wall_clock_slots(self, start: datetime) -> Iterator[datetime]:
         """Naive local slots from the minute of naive `start` on, in wall-clock order."""

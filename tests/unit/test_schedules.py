@@ -531,9 +531,16 @@ DST_CASES = [
         "2026-11-01T04:00",
         ["2026-11-01T05:00", "2026-11-01T06:00", "2026-11-01T07:00"],
     ),
-    # Starting inside the repeated hour: at 01:50 EDT, 01:35 EDT, 01:30 EDT and 01:10 EST.
+    # Starting inside the repeated hour, in its EDT pass (05:00Z-05:59Z) or its EST pass.
     # From the EDT pass, slots earlier in the hour are still ahead in the EST pass.
     (NEW_YORK, "*/15 * * * *", "2026-11-01T05:50", ["2026-11-01T06:00", "2026-11-01T06:15"]),
+    (
+        NEW_YORK,
+        "* * * * *",
+        "2026-11-01T05:58:30",
+        ["2026-11-01T05:59", "2026-11-01T06:00", "2026-11-01T06:01"],
+    ),
+    (NEW_YORK, "* * * * *", "2026-11-01T06:58:30", ["2026-11-01T06:59", "2026-11-01T07:00"]),
     (NEW_YORK, "0 * * * *", "2026-11-01T05:35", ["2026-11-01T06:00", "2026-11-01T07:00"]),
     (NEW_YORK, "30 * * * *", "2026-11-01T05:30", ["2026-11-01T06:30", "2026-11-01T07:30"]),
     (NEW_YORK, "30 * * * *", "2026-11-01T06:10", ["2026-11-01T06:30", "2026-11-01T07:30"]),
@@ -1077,7 +1084,9 @@ def test_next_after_from_any_instant_near_a_transition(
     assert slots_between(schedule, start, until, limit=2) == expected[-2:]
 
 
-# Every minute and hour menu entry around every transition, so no pairing is left to chance.
+# Every minute and hour menu entry around every transition, so no pairing is left to chance,
+# with next_after asked from a grid of instants off the minute (including both passes
+# through a repeated hour) and slots_between over the whole window.
 @pytest.mark.parametrize(("zone_name", "transition"), TRANSITIONS)
 def test_every_menu_entry_against_the_reference(zone_name: str, transition: datetime) -> None:
     zone = ZoneInfo(zone_name)
@@ -1085,9 +1094,19 @@ def test_every_menu_entry_against_the_reference(zone_name: str, transition: date
         ("*", range(1, 32)), ("*", range(1, 13)), ("*", range(7))
     )
     after, until = transition - timedelta(hours=2), transition + timedelta(hours=2)
+    horizon = until + timedelta(hours=2)
+    starts = [after + n * timedelta(minutes=7, seconds=13) for n in range(34)]  # 4 hours
     for hour in HOUR_OPTIONS:
         for minute in MINUTE_OPTIONS:
             cron = Cron(minute, hour, any_day, any_month, any_weekday)
-            expected = reference_runs(cron, zone, after, until)
             schedule = CronSchedule.parse(cron.expression, zone_name)
-            assert slots_between(schedule, after, until) == expected, cron.expression
+            expected = reference_runs(cron, zone, after, horizon)
+            window = [run for run in expected if run <= until]
+            assert slots_between(schedule, after, until) == window, cron.expression
+            for start in starts:
+                following = [run for run in expected if run > start]
+                run = schedule.next_after(start)
+                if following:
+                    assert run == following[0], (cron.expression, start)
+                else:
+                    assert run is None or run > horizon, (cron.expression, start)
