@@ -1,0 +1,249 @@
+"""Throughput of no-op runs through `beatkeeper.run` envelopes versus bare Celery tasks.
+
+One real worker process per configuration (the same settings for both kinds)
+drains N pre-published messages of one kind at a time; rounds alternate
+envelope and bare, and the median of the rounds is reported. While messages
+are published the worker's consumer is cancelled (remote control), so the
+clock measures draining only: from `add_consumer` until the queue is empty and
+nothing is left unacked.
+
+Two configurations by default, headline first:
+- prefetch 4 (Celery's default multiplier, what a pool of short tasks uses):
+  the envelope's per-run Redis work (two round trips: claim + Running record,
+  outcome + record) runs in the pool process while the consumer, the
+  bottleneck of a no-op workload, handles other messages;
+- prefetch 1 (the WorkerPool default, right for long tasks): with acks_late
+  each pool process waits for its next message after acking, so those two
+  round trips add to every cycle instead of overlapping.
+
+    .venv/bin/python -m bench.worker_overhead [--tasks 5000] [--rounds 3] [--prefetch 4 1]
+
+Prints a table, then one JSON line (headline = the first prefetch):
+{"bench": "worker_overhead", "envelope_tasks_per_s": ..., "bare_tasks_per_s": ..., "ratio": ...,
+ "configs": [...]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import shared_task
+
+from beatkeeper.contract import RunEnvelope, RunPolicy, TaskCall, queue_name
+from beatkeeper.devenv.processes import Supervisor, wait_until
+from beatkeeper.devenv.redis import start_redis
+from beatkeeper.settings import WorkerSettings
+from beatkeeper_worker.app import create_app
+from beatkeeper_worker.publish import publish_run
+
+REPO = Path(__file__).resolve().parents[1]
+NOOP = "bench.noop"
+
+
+@shared_task(name=NOOP, ignore_result=True)  # type: ignore[untyped-decorator]
+def noop() -> None:
+    """The task both kinds run: the work is nil, so the overhead is all there is."""
+
+
+def start_worker(
+    supervisor: Supervisor, url: str, queue: str, args: argparse.Namespace, prefetch: int
+) -> Any:
+    liveness = supervisor.log_dir / "worker.alive"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "BEATKEEPER_BROKER_URL": url,
+        "BEATKEEPER_WORKER_QUEUE": queue,
+        "BEATKEEPER_TASK_MODULES": "bench.worker_overhead",
+        "BEATKEEPER_WORKER_POOL": args.pool,
+        "BEATKEEPER_WORKER_CONCURRENCY": str(args.concurrency),
+        "BEATKEEPER_WORKER_PREFETCH": str(prefetch),
+        "BEATKEEPER_WORKER_LOGLEVEL": "WARNING",
+        "BEATKEEPER_LIVENESS_FILE": str(liveness),
+    }
+    name = f"bench-{uuid.uuid4().hex[:6]}@%h"
+    worker = supervisor.start(
+        "worker", [sys.executable, "-m", "beatkeeper_worker", f"--hostname={name}"], env=env
+    )
+    wait_until(worker, liveness.exists, timeout=60)
+    return worker
+
+
+def publish(app: Any, queue: str, kind: str, count: int) -> None:
+    if kind == "bare":
+        for _ in range(count):
+            app.send_task(NOOP, queue=queue)
+        return
+    slot = dt.datetime.now(dt.UTC)
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    for i in range(count):
+        envelope = RunEnvelope.for_slot(
+            "bench", f"{name}-{i}", slot, TaskCall(name=NOOP), RunPolicy()
+        )
+        publish_run(app, envelope, queue)
+
+
+def drained(client: redis.Redis, queue: str) -> bool:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.llen(queue)
+        pipe.hlen("unacked")
+        waiting, unacked = pipe.execute()
+    return waiting == 0 and unacked == 0
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (the worker and its pool)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    ticks = 0
+    for each in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info: dict[str, Any] = client.info("cpu")  # type: ignore[assignment]
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+@dataclass(frozen=True)
+class Sample:
+    tasks_per_s: float
+    cpu_ms_per_task: float  # worker processes and redis-server: robust to other load
+
+
+def measure(
+    app: Any, client: redis.Redis, queue: str, worker_pid: int, kind: str, count: int
+) -> Sample:
+    """Drain `count` pre-published messages of `kind`."""
+    app.control.cancel_consumer(queue, reply=True, limit=1, timeout=10)
+    publish(app, queue, kind, count)
+    cpu = tree_cpu(worker_pid) + redis_cpu(client)
+    started = time.perf_counter()
+    app.control.add_consumer(queue, reply=True, limit=1, timeout=10)
+    while not drained(client, queue):
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    used = tree_cpu(worker_pid) + redis_cpu(client) - cpu
+    return Sample(count / elapsed, used * 1000 / count)
+
+
+def run_config(
+    args: argparse.Namespace, prefetch: int, url: str, workdir: Path
+) -> dict[str, list[Sample]]:
+    supervisor = Supervisor(workdir / f"logs-prefetch-{prefetch}")
+    queue = queue_name("bench", uuid.uuid4().hex[:8])
+    app = create_app(WorkerSettings(broker_url=url, queue=queue))
+    client = redis.Redis.from_url(url)
+    try:
+        pid = start_worker(supervisor, url, queue, args, prefetch).pid
+        measure(app, client, queue, pid, "bare", min(args.tasks, 500))  # warm up
+        rates: dict[str, list[Sample]] = {"envelope": [], "bare": []}
+        for round_ in range(args.rounds):
+            # Alternate which kind goes first, so drift favours neither.
+            order = ("envelope", "bare") if round_ % 2 == 0 else ("bare", "envelope")
+            for kind in order:
+                rates[kind].append(measure(app, client, queue, pid, kind, args.tasks))
+        return rates
+    finally:
+        client.close()
+        app.close()
+        supervisor.stop_all()
+
+
+def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    supervisor = Supervisor(workdir / "logs")
+    try:
+        url = args.redis_url or start_redis(supervisor, workdir / "redis")[1]
+        return [summary(p, run_config(args, p, url, workdir)) for p in args.prefetch]
+    finally:
+        supervisor.stop_all()
+
+
+def summary(prefetch: int, samples: dict[str, list[Sample]]) -> dict[str, Any]:
+    def median(kind: str, field: str) -> float:
+        return statistics.median(getattr(s, field) for s in samples[kind])
+
+    envelope, bare = median("envelope", "tasks_per_s"), median("bare", "tasks_per_s")
+    return {
+        "prefetch": prefetch,
+        "envelope_tasks_per_s": round(envelope, 1),
+        "bare_tasks_per_s": round(bare, 1),
+        "ratio": round(envelope / bare, 3),
+        "envelope_cpu_ms_per_task": round(median("envelope", "cpu_ms_per_task"), 3),
+        "bare_cpu_ms_per_task": round(median("bare", "cpu_ms_per_task"), 3),
+        "envelope_rounds": [round(s.tasks_per_s, 1) for s in samples["envelope"]],
+        "bare_rounds": [round(s.tasks_per_s, 1) for s in samples["bare"]],
+    }
+
+
+def report(configs: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"worker_overhead: {args.tasks} no-op tasks x {args.rounds} rounds per kind, "
+        f"pool={args.pool} concurrency={args.concurrency}, one worker per prefetch"
+    )
+    print(
+        f"{'prefetch':>8}  {'envelope/s':>10}  {'bare/s':>8}  {'ratio':>6}  "
+        f"{'cpu ms/task env | bare':>22}  rounds/s (env | bare)"
+    )
+    for c in configs:
+        rounds = (
+            f"{', '.join(f'{r:.0f}' for r in c['envelope_rounds'])} | "
+            f"{', '.join(f'{r:.0f}' for r in c['bare_rounds'])}"
+        )
+        print(
+            f"{c['prefetch']:>8}  {c['envelope_tasks_per_s']:>10.0f}  "
+            f"{c['bare_tasks_per_s']:>8.0f}  {c['ratio']:>6.3f}  "
+            f"{c['envelope_cpu_ms_per_task']:>13.2f} | {c['bare_cpu_ms_per_task']:<6.2f}  {rounds}"
+        )
+    headline = configs[0]
+    print(
+        f"ratio envelope/bare at prefetch {headline['prefetch']}: {headline['ratio']:.3f} "
+        "(target >= 0.9)"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "worker_overhead",
+                "tasks": args.tasks,
+                "rounds": args.rounds,
+                "pool": args.pool,
+                "concurrency": args.concurrency,
+                "prefetch": headline["prefetch"],
+                "envelope_tasks_per_s": headline["envelope_tasks_per_s"],
+                "bare_tasks_per_s": headline["bare_tasks_per_s"],
+                "ratio": headline["ratio"],
+                "configs": configs,
+            }
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pool", choices=("prefork", "threads"), default="prefork")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--prefetch", type=int, nargs="+", default=[4, 1])
+    parser.add_argument("--redis-url", help="an existing Redis (default: start one)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as workdir:
+        report(run(args, Path(workdir)), args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""Tasks the worker integration tests schedule; workers load them via BEATKEEPER_TASK_MODULES.
+
+Each counts its executions in Redis (`<key>` at start, `<key>:done` at the
+end), so a test can tell how often a run really executed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from celery import current_app, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+
+_CLIENTS: dict[int, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    # One client per process: prefork children must not share the parent's sockets.
+    pid = os.getpid()
+    if pid not in _CLIENTS:
+        _CLIENTS[pid] = redis.Redis.from_url(current_app.conf.broker_url)
+    return _CLIENTS[pid]
+
+
+def _nap(seconds: float, *, ignore_soft: bool) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(min(left, 0.05))
+        except SoftTimeLimitExceeded:
+            if not ignore_soft:
+                raise
+
+
+@shared_task(name="bk_test.work")  # type: ignore[untyped-decorator]
+def work(
+    key: str,
+    seconds: float = 0.0,
+    fail_times: int = 0,
+    message: str = "boom",
+    ignore_soft: bool = False,
+) -> int:
+    """Count, nap in short steps, fail while executions <= fail_times, count done."""
+    client = _redis()
+    executions = int(client.incr(key))
+    try:
+        _nap(seconds, ignore_soft=ignore_soft)
+    finally:
+        client.set(f"{key}:ended", repr(time.time()))
+    if executions <= fail_times:
+        raise ValueError(message)
+    client.incr(f"{key}:done")
+    return executions
+
+
+@shared_task(name="bk_test.block")  # type: ignore[untyped-decorator]
+def block(key: str, seconds: float) -> None:
+    """One long blocking sleep (a C call that only a signal interrupts)."""
+    client = _redis()
+    client.incr(key)
+    try:
+        time.sleep(seconds)
+    finally:
+        client.set(f"{key}:ended", repr(time.time()))
+    client.incr(f"{key}:done")
+
+
+@shared_task(name="bk_test.stubborn")  # type: ignore[untyped-decorator]
+def stubborn(key: str, seconds: float) -> None:
+    """Swallows every interrupt (even BaseException): only killing its process stops it."""
+    client = _redis()
+    client.incr(key)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            client.incr(f"{key}:ignored")
+            continue
+    client.incr(f"{key}:done")

@@ -1,0 +1,134 @@
+"""The Celery app of a worker pod, built from `WorkerSettings`.
+
+Configuration choices (DESIGN.md §3, FACTS.md):
+- JSON only, everywhere; no result backend (outcomes go to the run-record stream).
+- `acks_late` + `reject_on_worker_lost`: a killed process's message is redelivered;
+  prefetch multiplier = the pool's prefetch (default 1).
+- a long broker visibility timeout: recovering dead workers' runs is the lease
+  sweeper's job, and whatever the broker redelivers early is dropped by the claim.
+- task events on, so Flower and celery-exporter work unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.worker.request import Request
+
+from beatkeeper.contract import ENTRY_TASK
+from beatkeeper.settings import WorkerSettings
+from beatkeeper_worker.builtins import register_builtins
+from beatkeeper_worker.execution import record_hard_limit
+from beatkeeper_worker.liveness import liveness_step
+from beatkeeper_worker.runtime import WorkerRuntime, register_runtime, runtime_for
+from beatkeeper_worker.sweeper import SweeperStep
+
+log = logging.getLogger(__name__)
+
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+
+
+def broker_ssl(settings: WorkerSettings) -> dict[str, Any] | None:
+    if not settings.broker_url.startswith("rediss://"):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[settings.tls_verify]}
+    for name, path in (
+        ("ssl_ca_certs", settings.tls_ca_file),
+        ("ssl_certfile", settings.tls_cert_file),
+        ("ssl_keyfile", settings.tls_key_file),
+    ):
+        if path is not None:
+            options[name] = str(path)
+    return options
+
+
+def transport_options(settings: WorkerSettings) -> dict[str, float]:
+    options = {"visibility_timeout": settings.visibility_timeout_seconds}
+    if settings.restore_interval_seconds is not None:
+        # kombu scans for overdue unacked messages every interval times throttle.
+        options["unacked_restore_interval"] = settings.restore_interval_seconds
+        options["unacked_restore_throttle"] = 1
+    return options
+
+
+def celery_config(settings: WorkerSettings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_use_ssl": broker_ssl(settings),
+        "broker_transport_options": transport_options(settings),
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": settings.prefetch,
+        "worker_concurrency": settings.concurrency,
+        "worker_pool": settings.pool,
+        "task_default_queue": settings.queue or "celery",
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # Keep running tasks through a broker blip: their leases say who owns
+        # them, and the redelivery of an unacked message is dropped by the claim.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "imports": list(settings.task_modules),
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+class RunRequest(Request):  # type: ignore[misc]
+    """The entry task's request: records a hard time limit before Celery acks it."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft:
+            self._record_hard_limit(timeout)
+        super().on_timeout(soft, timeout)
+
+    def _record_hard_limit(self, timeout: float) -> None:
+        runtime = runtime_for(self.task.app)
+        args = self.args
+        # The child's owner token starts with `<host>:<pid>:`; the parent knows both.
+        try:
+            record_hard_limit(
+                runtime.registry(),
+                runtime.settings.queue,
+                args[0] if args else None,
+                f"{self.hostname}:{self.worker_pid}:",
+                timeout,
+            )
+        except redis.RedisError:
+            log.exception("could not record the hard time limit of %s", self.id)
+
+
+def register_entry_task(app: Any, runtime: WorkerRuntime) -> None:
+    @app.task(  # type: ignore[untyped-decorator]
+        name=ENTRY_TASK,
+        bind=True,
+        Request=RunRequest,
+        ignore_result=True,
+        typing=False,
+    )
+    def run(task: Any, envelope: object) -> str:
+        return runtime.executor().execute(envelope, task.request.hostname)
+
+
+def create_app(settings: WorkerSettings, *, main: str = "beatkeeper") -> Any:
+    """A Celery app for `settings`, with the entry task, built-ins and bootsteps."""
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    runtime = register_runtime(app, settings)
+    register_entry_task(app, runtime)
+    register_builtins(app, settings.allowed_hosts)
+    app.steps["worker"].add(SweeperStep)
+    app.steps["consumer"].add(liveness_step())
+    return app

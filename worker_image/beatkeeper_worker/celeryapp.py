@@ -1,0 +1,14 @@
+"""The worker's app built from the environment, for Celery's own tools.
+
+celery -A beatkeeper_worker.celeryapp inspect active
+celery -A beatkeeper_worker.celeryapp flower
+"""
+
+from __future__ import annotations
+
+import os
+
+from beatkeeper.settings import WorkerSettings
+from beatkeeper_worker.app import create_app
+
+app = create_app(WorkerSettings.from_env(os.environ))

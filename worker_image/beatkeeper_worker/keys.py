@@ -1,0 +1,44 @@
+"""Names of every Redis key the worker writes; docs/redis-data-model.md describes each.
+
+All keys share the `beatkeeper:` prefix. Per-queue keys carry the queue name
+(which includes the namespace), so pools never touch each other's indexes.
+"""
+
+from __future__ import annotations
+
+RUN_PREFIX = "beatkeeper:run:"
+LEASES_PREFIX = "beatkeeper:leases:"
+ACTIVE_PREFIX = "beatkeeper:active:"
+RETRIES_PREFIX = "beatkeeper:retries:"
+SWEEPER_PREFIX = "beatkeeper:sweeper:"
+STATS_PREFIX = "beatkeeper:stats:"
+
+
+def run_key(run_id: str) -> str:
+    """Hash: the registry entry of one run (state, attempt, lease, envelope)."""
+    return f"{RUN_PREFIX}{run_id}"
+
+
+def leases_key(queue: str) -> str:
+    """Sorted set: run ids of a queue that hold a lease, scored by lease expiry (ms)."""
+    return f"{LEASES_PREFIX}{queue}"
+
+
+def active_key(object_key: str) -> str:
+    """Sorted set: in-flight run ids of one ScheduledTask, scored by marker expiry (ms)."""
+    return f"{ACTIVE_PREFIX}{object_key}"
+
+
+def retries_key(queue: str) -> str:
+    """Sorted set: next-attempt envelopes (JSON) of a queue, scored by due time (ms)."""
+    return f"{RETRIES_PREFIX}{queue}"
+
+
+def sweeper_key(queue: str) -> str:
+    """String: the token of the one worker that sweeps this queue, with a short TTL."""
+    return f"{SWEEPER_PREFIX}{queue}"
+
+
+def stats_key(queue: str) -> str:
+    """Hash: counters of deliveries the claim dropped, by why."""
+    return f"{STATS_PREFIX}{queue}"

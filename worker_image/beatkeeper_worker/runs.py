@@ -1,0 +1,471 @@
+"""The run registry: the only code that changes a run's state in Redis.
+
+One hash per run id holds its state, attempt, lease (owner token and expiry) and
+envelope; per-queue sorted sets index leases and delayed retries, and a
+per-object sorted set marks the runs in flight for concurrency policies. Every
+transition is one Lua script, so deciding and writing (and appending the run
+record to the stream) happen atomically and in one round trip. Lease expiry is
+judged on Redis's clock, so clock skew between worker hosts cannot expire a
+live lease. See docs/redis-data-model.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import redis
+from redis.commands.core import Script
+
+from beatkeeper.contract import RUN_RECORDS_STREAM, RunEnvelope, RunRecord, RunState
+from beatkeeper_worker import keys
+
+_PRELUDE = """
+local FINISHED = {{Succeeded=true, Failed=true, Skipped=true, Missed=true}}
+local LEASE_MS, RETENTION_MS, MAXLEN = {lease_ms}, {retention_ms}, {maxlen}
+local RUN_PREFIX = '{run_prefix}'
+local LEASES_PREFIX = '{leases_prefix}'
+local ACTIVE_PREFIX = '{active_prefix}'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: run, leases, active, stream, stats
+# ARGV: run_id, owner, attempt, envelope, queue, mode ('run'|'finish'), final_state,
+#       policy, record, missed_record, skipped_record
+_CLAIM = """
+local run_id, owner, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local envelope, queue, mode, final_state, policy = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local record, missed, skipped = ARGV[9], ARGV[10], ARGV[11]
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'owner', 'lease_until')
+local state = cur[1]
+if state and FINISHED[state] then
+  redis.call('HINCRBY', KEYS[5], 'dropped_finished', 1)
+  return {'dropped', 'finished'}
+end
+if state and attempt < (tonumber(cur[2]) or 0) then
+  redis.call('HINCRBY', KEYS[5], 'dropped_stale', 1)
+  return {'dropped', 'stale'}
+end
+if cur[3] and cur[3] ~= '' and (tonumber(cur[4]) or 0) > now then
+  redis.call('HINCRBY', KEYS[5], 'dropped_leased', 1)
+  return {'dropped', 'leased'}
+end
+
+local function finish(final, final_record)
+  redis.call('HSET', KEYS[1], 'state', final, 'attempt', attempt, 'owner', '',
+             'lease_until', 0, 'queue', queue, 'envelope', envelope)
+  redis.call('PEXPIRE', KEYS[1], RETENTION_MS)
+  redis.call('ZREM', KEYS[2], run_id)
+  redis.call('ZREM', KEYS[3], run_id)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', MAXLEN, '*', 'record', final_record)
+  return {'finished', final}
+end
+
+if mode == 'finish' then
+  return finish(final_state, record)
+end
+-- A run that already started (the owner died) is taken over, never Missed.
+local started = state == 'Running' or state == 'Retrying'
+if missed ~= '' and not started then
+  return finish('Missed', missed)
+end
+
+local others = {}
+if policy ~= 'Allow' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  for _, other in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    if other ~= run_id then table.insert(others, other) end
+  end
+end
+if policy == 'Forbid' and #others > 0 then
+  return finish('Skipped', skipped)
+end
+
+local result = {'claimed', started and 'takeover' or 'fresh'}
+if policy == 'Replace' then
+  for _, other in ipairs(others) do
+    local okey = RUN_PREFIX .. other
+    local o = redis.call('HMGET', okey, 'state', 'queue', 'envelope')
+    if o[1] and not FINISHED[o[1]] then
+      -- Failed before it is stopped, so its redeliveries are dropped.
+      redis.call('HSET', okey, 'state', 'Failed', 'owner', '', 'lease_until', 0)
+      redis.call('PEXPIRE', okey, RETENTION_MS)
+      if o[2] then redis.call('ZREM', LEASES_PREFIX .. o[2], other) end
+      table.insert(result, o[1])
+      table.insert(result, o[3] or '')
+    end
+    redis.call('ZREM', KEYS[3], other)
+  end
+end
+
+local until_ms = now + LEASE_MS
+redis.call('HSET', KEYS[1], 'state', 'Running', 'attempt', attempt, 'owner', owner,
+           'lease_until', until_ms, 'queue', queue, 'envelope', envelope)
+redis.call('PEXPIRE', KEYS[1], RETENTION_MS)
+redis.call('ZADD', KEYS[2], until_ms, run_id)
+redis.call('ZADD', KEYS[3], until_ms, run_id)
+redis.call('PEXPIRE', KEYS[3], RETENTION_MS)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', MAXLEN, '*', 'record', record)
+return result
+"""
+
+# KEYS: run, leases, active, stream, retries
+# ARGV: run_id, owner, match ('exact'|'prefix'), attempt, state, record,
+#       next_envelope, delay_ms
+_SETTLE = """
+local run_id, owner, attempt, state = ARGV[1], ARGV[2], tonumber(ARGV[4]), ARGV[5]
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'attempt', 'state')
+local holder = cur[1] or ''
+local owns
+if ARGV[3] == 'prefix' then
+  owns = holder ~= '' and string.sub(holder, 1, #owner) == owner
+else
+  owns = holder == owner
+end
+if not owns or tonumber(cur[2]) ~= attempt or cur[3] ~= 'Running' then
+  return 0
+end
+redis.call('ZREM', KEYS[2], run_id)
+if state == 'Retrying' then
+  local due = now + tonumber(ARGV[8])
+  redis.call('HSET', KEYS[1], 'state', 'Retrying', 'attempt', attempt + 1,
+             'owner', '', 'lease_until', 0, 'envelope', ARGV[7])
+  redis.call('ZADD', KEYS[5], due, ARGV[7])
+  -- Still in flight for Forbid/Replace while it waits, as a CronJob's Job is.
+  redis.call('ZADD', KEYS[3], due + LEASE_MS, run_id)
+  redis.call('PEXPIRE', KEYS[3], RETENTION_MS)
+else
+  redis.call('HSET', KEYS[1], 'state', state, 'owner', '', 'lease_until', 0)
+  redis.call('ZREM', KEYS[3], run_id)
+end
+redis.call('PEXPIRE', KEYS[1], RETENTION_MS)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', MAXLEN, '*', 'record', ARGV[6])
+return 1
+"""
+
+# ARGV: per lease: run_id, owner, queue, object_key
+_RENEW = """
+local until_ms = now + LEASE_MS
+local lost = {}
+for i = 1, #ARGV, 4 do
+  local run_id = ARGV[i]
+  local key = RUN_PREFIX .. run_id
+  if redis.call('HGET', key, 'owner') == ARGV[i + 1] then
+    redis.call('HSET', key, 'lease_until', until_ms)
+    redis.call('ZADD', LEASES_PREFIX .. ARGV[i + 2], until_ms, run_id)
+    redis.call('ZADD', ACTIVE_PREFIX .. ARGV[i + 3], until_ms, run_id)
+  else
+    table.insert(lost, run_id)
+  end
+end
+return lost
+"""
+
+# KEYS: leases; ARGV: rearm_ms, limit
+_RECOVER = """
+local out = {}
+for _, run_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now,
+                                   'LIMIT', 0, tonumber(ARGV[2]))) do
+  local key = RUN_PREFIX .. run_id
+  local h = redis.call('HMGET', key, 'state', 'envelope', 'lease_until')
+  if h[1] ~= 'Running' or not h[2] then
+    redis.call('ZREM', KEYS[1], run_id)
+  elseif (tonumber(h[3]) or 0) > now then
+    redis.call('ZADD', KEYS[1], h[3], run_id)
+  else
+    -- Release the dead owner's lease so the republished delivery can claim it;
+    -- re-arm, so a delivery lost again is republished again.
+    redis.call('HSET', key, 'owner', '', 'lease_until', 0)
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), run_id)
+    table.insert(out, h[2])
+  end
+end
+return out
+"""
+
+# KEYS: retries; ARGV: limit
+_DUE_RETRIES = """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+
+# KEYS: run, stream; ARGV: attempt, envelope, queue, record
+_PENDING = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'Pending', 'attempt', ARGV[1], 'owner', '',
+           'lease_until', 0, 'queue', ARGV[3], 'envelope', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], RETENTION_MS)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', MAXLEN, '*', 'record', ARGV[4])
+return 1
+"""
+
+# KEYS: lock; ARGV: token, ttl_ms
+_HOLD_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _render(body: str, *, lease_ms: int, retention_ms: int, maxlen: int) -> str:
+    # Settings go into the script text, so each call carries only per-run
+    # arguments: redis-py's packing costs more per argument than Redis does.
+    prelude = _PRELUDE.format(
+        lease_ms=lease_ms,
+        retention_ms=retention_ms,
+        maxlen=maxlen,
+        run_prefix=keys.RUN_PREFIX,
+        leases_prefix=keys.LEASES_PREFIX,
+        active_prefix=keys.ACTIVE_PREFIX,
+    )
+    return prelude + body
+
+
+ClaimStatus = Literal["claimed", "dropped", "finished"]
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """A run that a Replace claim marked Failed; its record is still to be written."""
+
+    envelope: RunEnvelope
+    was_retrying: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: ClaimStatus
+    detail: str  # fresh|takeover; finished|stale|leased; the final state
+    replaced: tuple[Replaced, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class HeldLease:
+    """What the renewal script needs to extend one lease."""
+
+    run_id: str
+    owner: str
+    queue: str
+    object_key: str
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
+class RunRegistry:
+    """Claims, leases, outcomes and retry indexes of runs, one script per transition."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        lease_seconds: float,
+        retention_seconds: float,
+        records_maxlen: int,
+        stream: str = RUN_RECORDS_STREAM,
+    ) -> None:
+        self.client = client
+        self.lease_seconds = lease_seconds
+        self._lease_ms = _ms(lease_seconds)
+        self._maxlen = records_maxlen
+        self.stream = stream
+        constants = {
+            "lease_ms": self._lease_ms,
+            "retention_ms": _ms(retention_seconds),
+            "maxlen": records_maxlen,
+        }
+
+        def script(body: str) -> Script:
+            return client.register_script(_render(body, **constants))
+
+        self._claim = script(_CLAIM)
+        self._settle = script(_SETTLE)
+        self._renew = script(_RENEW)
+        self._recover = script(_RECOVER)
+        self._due_retries = script(_DUE_RETRIES)
+        self._pending = script(_PENDING)
+        self._hold_lock = client.register_script(_HOLD_LOCK)
+        self._release_lock = client.register_script(_RELEASE_LOCK)
+
+    def mark_pending(self, envelope: RunEnvelope, queue: str, record: RunRecord) -> bool:
+        """Register a newly published run; False when the run id is already known."""
+        keys_ = [keys.run_key(envelope.run_id), self.stream]
+        args: list[str | int] = [
+            envelope.attempt,
+            envelope.model_dump_json(exclude_defaults=True),
+            queue,
+            _encode(record),
+        ]
+        return bool(self._pending(keys_, args))
+
+    def claim(
+        self,
+        envelope: RunEnvelope,
+        queue: str,
+        owner: str,
+        running: RunRecord,
+        *,
+        missed: RunRecord | None = None,
+        skipped: RunRecord | None = None,
+    ) -> Claim:
+        """Take the run's lease, or say why this delivery must not execute."""
+        return self._call_claim(
+            envelope,
+            queue,
+            owner=owner,
+            mode="run",
+            record=running,
+            missed=missed,
+            skipped=skipped,
+        )
+
+    def finish(self, envelope: RunEnvelope, queue: str, record: RunRecord) -> Claim:
+        """Finish a run without executing it (refused), unless a delivery must be dropped."""
+        return self._call_claim(
+            envelope, queue, owner="", mode="finish", record=record, missed=None, skipped=None
+        )
+
+    def _call_claim(
+        self,
+        envelope: RunEnvelope,
+        queue: str,
+        *,
+        owner: str,
+        mode: str,
+        record: RunRecord,
+        missed: RunRecord | None,
+        skipped: RunRecord | None,
+    ) -> Claim:
+        keys_ = [
+            keys.run_key(envelope.run_id),
+            keys.leases_key(queue),
+            keys.active_key(envelope.object_key),
+            self.stream,
+            keys.stats_key(queue),
+        ]
+        args: list[str | int] = [
+            envelope.run_id,
+            owner,
+            envelope.attempt,
+            envelope.model_dump_json(exclude_defaults=True),
+            queue,
+            mode,
+            record.state.value,
+            envelope.policy.concurrency_policy.value,
+            _encode(record),
+            _encode(missed) if missed else "",
+            _encode(skipped) if skipped else "",
+        ]
+        return _parse_claim(self._claim(keys_, args))
+
+    def settle(
+        self,
+        envelope: RunEnvelope,
+        queue: str,
+        owner: str,
+        record: RunRecord,
+        *,
+        retry: tuple[RunEnvelope, float] | None = None,
+        owner_prefix: bool = False,
+    ) -> bool:
+        """Write an attempt's outcome if `owner` still holds the lease; False otherwise.
+
+        `retry` is the next attempt's envelope and its delay in seconds.
+        `owner_prefix` lets the worker's main process settle for a pool child
+        it killed, knowing only the `<host>:<pid>:` start of the child's token.
+        """
+        next_envelope, delay = retry if retry else (None, 0.0)
+        keys_ = [
+            keys.run_key(envelope.run_id),
+            keys.leases_key(queue),
+            keys.active_key(envelope.object_key),
+            self.stream,
+            keys.retries_key(queue),
+        ]
+        args: list[str | int] = [
+            envelope.run_id,
+            owner,
+            "prefix" if owner_prefix else "exact",
+            envelope.attempt,
+            record.state.value,
+            _encode(record),
+            next_envelope.model_dump_json(exclude_defaults=True) if next_envelope else "",
+            int(delay * 1000),
+        ]
+        return bool(self._settle(keys_, args))
+
+    def renew(self, leases: Iterable[HeldLease]) -> list[str]:
+        """Extend every lease still owned; return the run ids whose lease was lost."""
+        args: list[str] = []
+        for lease in leases:
+            args += [lease.run_id, lease.owner, lease.queue, lease.object_key]
+        if not args:
+            return []
+        return [_text(run_id) for run_id in self._renew([], args)]
+
+    def recover_expired(self, queue: str, *, rearm_seconds: float, limit: int = 100) -> list[str]:
+        """Envelopes (JSON) of runs whose lease expired without an outcome."""
+        found = self._recover([keys.leases_key(queue)], [_ms(rearm_seconds), limit])
+        return [_text(item) for item in found]
+
+    def due_retries(self, queue: str, limit: int = 100) -> list[str]:
+        """Next-attempt envelopes (JSON) whose delay has passed."""
+        return [_text(item) for item in self._due_retries([keys.retries_key(queue)], [limit])]
+
+    def forget_retries(self, queue: str, envelopes: Sequence[str]) -> None:
+        if envelopes:
+            self.client.zrem(keys.retries_key(queue), *envelopes)
+
+    def append(self, records: Iterable[RunRecord]) -> None:
+        """XADD records that no script wrote (runs a Replace claim stopped)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for record in records:
+                pipe.xadd(
+                    self.stream,
+                    record.to_stream_fields(),  # type: ignore[arg-type]
+                    maxlen=self._maxlen,
+                    approximate=True,
+                )
+            pipe.execute()
+
+    def hold_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
+        """Take or extend a short lock; True while `token` holds it."""
+        return bool(self._hold_lock([key], [token, _ms(ttl_seconds)]))
+
+    def release_lock(self, key: str, token: str) -> None:
+        self._release_lock([key], [token])
+
+
+def _encode(record: RunRecord) -> str:
+    return record.to_stream_fields()["record"]
+
+
+def _parse_claim(raw: Sequence[bytes | str]) -> Claim:
+    status, detail, *rest = (_text(item) for item in raw)
+    replaced = tuple(
+        Replaced(
+            envelope=RunEnvelope.model_validate_json(envelope),
+            was_retrying=state == RunState.RETRYING.value,
+        )
+        for state, envelope in zip(rest[::2], rest[1::2], strict=True)
+        if envelope
+    )
+    return Claim(status=status, detail=detail, replaced=replaced)  # type: ignore[arg-type]
