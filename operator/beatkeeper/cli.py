@@ -33,6 +33,7 @@ def _say(message: str) -> None:
 def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
     from beatkeeper.devenv.environment import local_environment
     from beatkeeper.devenv.kube import install_crds
+    from beatkeeper.devenv.system import start_system
 
     dev = settings.dev
     kubeconfig = args.kubeconfig or dev.state_dir / "kubeconfig"
@@ -47,8 +48,9 @@ def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
             progress=_say,
         ) as env:
             if args.only is None:
-                install_crds(env.kubeconfig, _crds_dir())
+                install_crds(env.kubeconfig, dev.crds_dir)
                 _say("CRDs installed: scheduledtasks.beatkeeper.dev, workerpools.beatkeeper.dev")
+                start_system(env, _say)
             _say(f"kubeconfig: {env.kubeconfig}")
             if env.redis_url:
                 _say(f"redis: {env.redis_url}")
@@ -62,15 +64,23 @@ def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _crds_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "crds"
-
-
 def _operator(_args: argparse.Namespace, _settings: Settings) -> int:
     from beatkeeper.operator.main import run
 
     run()
     return 0
+
+
+def _beat(args: argparse.Namespace, _settings: Settings) -> int:
+    from beatkeeper_worker.beat import main
+
+    return main(args.passthrough)
+
+
+def _worker(args: argparse.Namespace, _settings: Settings) -> int:
+    from beatkeeper_worker.main import main
+
+    return main(args.passthrough)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "operator", help="run the operator against the current kubeconfig (wraps kopf)"
     )
     operator.set_defaults(run=_operator)
+    beat = commands.add_parser(
+        "beat", help="run Celery beat with Beatkeeper's scheduler (HA: run two or more)"
+    )
+    beat.set_defaults(run=_beat)
+    worker = commands.add_parser(
+        "worker", help="run a Celery worker for BEATKEEPER_WORKER_QUEUE (wraps celery worker)"
+    )
+    worker.set_defaults(run=_worker)
     dev = commands.add_parser("dev", help="the local development environment")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_commands.add_parser(
@@ -101,8 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PASSTHROUGH = ("beat", "worker")  # extra arguments go on to celery
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in _PASSTHROUGH:
+        args, extra = parser.parse_known_args(argv)
+        args.passthrough = extra
+    else:
+        args = parser.parse_args(argv)
     return int(args.run(args, Settings.from_env()))
 
 

@@ -340,4 +340,3 @@ class EntryDefinition(_Frozen):
 
     def next_for(self, slot: dt.datetime | None) -> EntryNext:
         return EntryNext(slot=slot, due=self.due(slot) if slot else None)
-

@@ -35,6 +35,7 @@ class DevSettings:
     cluster_module: Path
     external_kubeconfig: Path | None
     redis_server: str
+    crds_dir: Path
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DevSettings:
@@ -50,6 +51,7 @@ class DevSettings:
             ),
             external_kubeconfig=Path(kubeconfig).expanduser() if kubeconfig else None,
             redis_server=env.get("BEATKEEPER_REDIS_SERVER", "redis-server"),
+            crds_dir=_path(env, "BEATKEEPER_CRDS_DIR", _repo_root() / "crds"),
         )
 
 
@@ -209,10 +211,34 @@ def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
 
 
 @dataclass(frozen=True)
+class BeatSettings:
+    """The beat process: which redbeat keys it fires from, and how fast it fails over.
+
+    Its Redis connection (and TLS) is the worker's broker settings: beat
+    publishes to the same broker the workers consume.
+    """
+
+    redbeat_prefix: str = "redbeat:"
+    lock_seconds: float = 10.0  # a standby takes over this long after the active beat died
+    poll_seconds: float = 0.2  # longest sleep: bounds lateness of newly written entries
+    batch: int = 1000  # due entries loaded per round trip
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> BeatSettings:
+        return cls(
+            redbeat_prefix=env.get("BEATKEEPER_REDBEAT_PREFIX", "redbeat:"),
+            lock_seconds=_number(env, "BEATKEEPER_BEAT_LOCK_SECONDS", cls.lock_seconds),
+            poll_seconds=_number(env, "BEATKEEPER_BEAT_POLL_SECONDS", cls.poll_seconds),
+            batch=int(_number(env, "BEATKEEPER_BEAT_BATCH", cls.batch)),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     dev: DevSettings
     operator: OperatorSettings
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    beat: BeatSettings = field(default_factory=BeatSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -221,4 +247,5 @@ class Settings:
             dev=DevSettings.from_env(env),
             operator=OperatorSettings.from_env(env),
             worker=WorkerSettings.from_env(env),
+            beat=BeatSettings.from_env(env),
         )

@@ -91,14 +91,7 @@ def _probe_task() -> dict[str, Any]:
 def operator(
     cluster: Environment, crds: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    env = cluster.kube_env()
-    env.update(
-        BEATKEEPER_REDIS_URL=redis_url,
-        BEATKEEPER_RESYNC_SECONDS="2",
-        BEATKEEPER_WEBHOOK="local",
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("BEATKEEPER_KUBECONFIG", None)
+    env = service_env(cluster, redis_url, BEATKEEPER_RESYNC_SECONDS="2", BEATKEEPER_WEBHOOK="local")
     supervisor = Supervisor(cluster.log_dir)
     process = OperatorProcess(cluster, supervisor, env)
     process.start()
@@ -107,6 +100,86 @@ def operator(
     finally:
         process.stop()
         supervisor.stop_all()
+
+
+HERE = Path(__file__).resolve().parent
+# Scaled down (production: 15 s lease, 5 s renew, 1 s sweep) so recovery shows in seconds.
+FAST_WORKER = {
+    "BEATKEEPER_LEASE_SECONDS": "3",
+    "BEATKEEPER_LEASE_RENEW_SECONDS": "1",
+    "BEATKEEPER_SWEEP_SECONDS": "0.5",
+    "BEATKEEPER_LIVENESS_SECONDS": "0.5",
+}
+
+
+def service_env(cluster: Environment, redis_url: str, **extra: str) -> dict[str, str]:
+    env = cluster.kube_env()
+    env.pop("BEATKEEPER_KUBECONFIG", None)
+    env.update(
+        BEATKEEPER_REDIS_URL=redis_url,
+        BEATKEEPER_BROKER_URL=redis_url,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def beat(cluster: Environment, redis_url: str) -> Iterator[Component]:
+    """One `beatkeeper beat` for the session (lock timeout scaled down to 5 s)."""
+    supervisor = Supervisor(cluster.log_dir)
+    env = service_env(
+        cluster, redis_url, BEATKEEPER_BEAT_LOCK_SECONDS="5", BEATKEEPER_BEAT_POLL_SECONDS="0.2"
+    )
+    component = supervisor.start("beat", [sys.executable, "-m", "beatkeeper.cli", "beat"], env=env)
+    try:
+        eventually(lambda: "Acquired lock" in (cluster.log_dir / "beat.log").read_text(), 60)
+        yield component
+    finally:
+        supervisor.stop_all()
+
+
+@dataclass
+class PoolWorkers:
+    """Worker processes for one namespace's pool, started directly (no pod runner)."""
+
+    cluster: Environment
+    redis_url: str
+    supervisor: Supervisor
+
+    def start(self, namespace: str, pool: str = "p", **extra: str) -> Component:
+        alive = (
+            self.supervisor.log_dir / f"{namespace}-{pool}-{len(self.supervisor.components)}.alive"
+        )
+        env = service_env(
+            self.cluster,
+            self.redis_url,
+            BEATKEEPER_WORKER_QUEUE=f"beatkeeper.{namespace}.{pool}",
+            BEATKEEPER_TASK_MODULES="e2e_tasks",
+            BEATKEEPER_ALLOWED_TASKS="beatkeeper.*,e2e.*",
+            BEATKEEPER_WORKER_CONCURRENCY="2",
+            BEATKEEPER_LIVENESS_FILE=str(alive),
+            **FAST_WORKER,
+            **extra,
+        )
+        name = f"worker-{namespace}-{pool}-{len(self.supervisor.components)}"
+        component = self.supervisor.start(
+            name,
+            [sys.executable, "-m", "beatkeeper.cli", "worker", f"--hostname={name}@%h"],
+            env=env,
+        )
+        eventually(alive.exists, 60)
+        return component
+
+
+@pytest.fixture
+def workers(cluster: Environment, redis_url: str) -> Iterator[PoolWorkers]:
+    supervisor = Supervisor(cluster.log_dir)
+    try:
+        yield PoolWorkers(cluster, redis_url, supervisor)
+    finally:
+        supervisor.stop_all(grace=15)
 
 
 def pytest_report_header() -> list[str]:

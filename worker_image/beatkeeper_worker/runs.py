@@ -200,6 +200,27 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', MAXLEN, '*', 'record', ARGV[4])
 return 1
 """
 
+# KEYS: stream, then per run: run, queue
+# ARGV: per run: attempt, envelope, queue name, record, message
+# `_PENDING` plus the broker message for many runs: beat's batch, one call.
+_PUBLISH_BATCH = """
+local fresh = {}
+for i = 2, #KEYS, 2 do
+  local base = (i - 2) / 2 * 5
+  local is_new = 0
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('HSET', KEYS[i], 'state', 'Pending', 'attempt', ARGV[base + 1], 'owner', '',
+               'lease_until', 0, 'queue', ARGV[base + 3], 'envelope', ARGV[base + 2])
+    redis.call('PEXPIRE', KEYS[i], RETENTION_MS)
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', MAXLEN, '*', 'record', ARGV[base + 4])
+    is_new = 1
+  end
+  redis.call('LPUSH', KEYS[i + 1], ARGV[base + 5])
+  fresh[#fresh + 1] = is_new
+end
+return fresh
+"""
+
 # KEYS: lock; ARGV: token, ttl_ms
 _HOLD_LOCK = """
 local holder = redis.call('GET', KEYS[1])
@@ -270,6 +291,29 @@ def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
 
+@dataclass(frozen=True)
+class EncodedRun:
+    """A run ready for `publish_batch`: every field already encoded (ahead of time)."""
+
+    run_id: str
+    attempt: int
+    queue: str
+    envelope: str  # RunEnvelope JSON, defaults left out
+    record: str  # the Pending RunRecord, as the stream stores it
+    message: str  # the broker message
+
+    @classmethod
+    def of(cls, envelope: RunEnvelope, queue: str, record: RunRecord, message: str) -> EncodedRun:
+        return cls(
+            run_id=envelope.run_id,
+            attempt=envelope.attempt,
+            queue=queue,
+            envelope=envelope.model_dump_json(exclude_defaults=True),
+            record=_encode(record),
+            message=message,
+        )
+
+
 class RunRegistry:
     """Claims, leases, outcomes and retry indexes of runs, one script per transition."""
 
@@ -302,11 +346,41 @@ class RunRegistry:
         self._recover = script(_RECOVER)
         self._due_retries = script(_DUE_RETRIES)
         self._pending = script(_PENDING)
+        self._publish_batch = script(_PUBLISH_BATCH)
         self._hold_lock = client.register_script(_HOLD_LOCK)
         self._release_lock = client.register_script(_RELEASE_LOCK)
 
     def mark_pending(self, envelope: RunEnvelope, queue: str, record: RunRecord) -> bool:
         """Register a newly published run; False when the run id is already known."""
+        return self.mark_pending_many([(envelope, queue, record)])[0]
+
+    def mark_pending_many(self, runs: Sequence[tuple[RunEnvelope, str, RunRecord]]) -> list[bool]:
+        """`mark_pending` for many runs in one round trip (beat fires thousands at once)."""
+        pipe = self.client.pipeline(transaction=False)
+        for envelope, queue, record in runs:
+            self.add_pending(pipe, envelope, queue, record)
+        return [bool(reply) for reply in pipe.execute()]
+
+    def publish_batch(self, runs: Sequence[EncodedRun]) -> list[bool]:
+        """Register each run Pending (once per run id) and LPUSH its broker message.
+
+        One call for the whole batch: 10,000 runs due in the same second cost
+        ten calls, not 20,000 commands. The queue key is the queue name (kombu's
+        key for priority 0). Returns True for each run id that was new.
+        """
+        if not runs:
+            return []
+        keys_: list[str] = [self.stream]
+        args: list[str | int] = []
+        for run in runs:
+            keys_ += [keys.run_key(run.run_id), run.queue]
+            args += [run.attempt, run.envelope, run.queue, run.record, run.message]
+        return [bool(reply) for reply in self._publish_batch(keys_, args)]
+
+    def add_pending(
+        self, pipe: redis.client.Pipeline, envelope: RunEnvelope, queue: str, record: RunRecord
+    ) -> None:
+        """Queue `mark_pending` on the caller's pipeline; its reply is 1 when new."""
         keys_ = [keys.run_key(envelope.run_id), self.stream]
         args: list[str | int] = [
             envelope.attempt,
@@ -314,7 +388,7 @@ class RunRegistry:
             queue,
             _encode(record),
         ]
-        return bool(self._pending(keys_, args))
+        self._pending(keys_, args, client=pipe)
 
     def claim(
         self,

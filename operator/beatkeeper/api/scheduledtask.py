@@ -200,7 +200,7 @@ class ScheduledTaskSpec(ApiModel):
         description=(
             "IANA time zone of the cron schedule, such as Europe/Berlin. A local time skipped "
             "by a DST change runs once at the end of the gap; a repeated one runs once, at its "
-            "first occurrence."
+            "first occurrence, unless the hour field covers every hour (then both occurrences run)."
         ),
     )
     jitter_seconds: int = Field(

@@ -19,7 +19,7 @@ from beatkeeper.api.validation import (
 )
 from beatkeeper.api.workerpool import WorkerPoolSpec
 
-PoolSpecs = Mapping[tuple[str, str], Mapping[str, Any]]
+PoolSpecs = Mapping[tuple[str, str], Mapping[str, Any]]  # (namespace, name) -> spec
 
 
 def _unchanged(

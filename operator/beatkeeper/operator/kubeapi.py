@@ -7,11 +7,12 @@ fields the caller owns (a merge patch replaces lists whole).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any, cast
 
 import kubernetes
-from kubernetes.client import ApiClient, CustomObjectsApi
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from beatkeeper.api.base import GROUP, VERSION
@@ -30,6 +31,7 @@ class KubeApi:
     def __init__(self, client: ApiClient) -> None:
         self.client = client
         self.custom = CustomObjectsApi(client)
+        self.core = CoreV1Api(client)
 
     def patch_status(
         self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
@@ -53,3 +55,31 @@ class KubeApi:
                 return None
             raise
         return cast(dict[str, Any], body)
+
+    def post_event(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the object, as `kubectl describe` shows them."""
+        meta = body.get("metadata", {})
+        now = dt.datetime.now(dt.UTC)
+        event = {
+            "metadata": {
+                "generateName": f"{meta.get('name', 'object')}.",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "beatkeeper"},
+            "reportingComponent": "beatkeeper.dev/operator",
+            "reportingInstance": "beatkeeper-operator",
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        self.core.create_namespaced_event(meta.get("namespace"), event)  # type: ignore[arg-type]

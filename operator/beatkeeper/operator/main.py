@@ -1,8 +1,8 @@
 """Registers Beatkeeper's handlers with kopf; the work happens in the modules they call.
 
-Started by `beatkeeper operator` (see `run`). Handlers are sync where they call
-Redis or the Kubernetes client (kopf runs those in its thread pool) and
-take only the keyword arguments they need.
+Started by `beatkeeper operator` (see `run`). Handlers that call Redis or the
+Kubernetes client are sync (kopf runs them in its thread pool) and take only
+the keyword arguments they need.
 """
 
 from __future__ import annotations
@@ -15,33 +15,24 @@ from typing import Any
 import kopf
 
 from beatkeeper.api.base import GROUP, VERSION
-from beatkeeper.operator import admission
+from beatkeeper.operator import admission, loops
+from beatkeeper.operator.indexes import IndexView, snapshot, tasks_of_pool
 from beatkeeper.operator.runtime import Runtime, build_runtime, webhook_server
 from beatkeeper.settings import Settings
 
 ST = (GROUP, VERSION, "scheduledtasks")
 WP = (GROUP, VERSION, "workerpools")
-
-
-class PoolIndex(Mapping[tuple[str, str], Mapping[str, Any]]):
-    """A kopf index of WorkerPool specs seen as a plain mapping (namespace, name) -> spec."""
-
-    def __init__(self, index: kopf.Index[tuple[str, str], Mapping[str, Any]]) -> None:
-        self._index = index
-
-    def __getitem__(self, key: tuple[str, str]) -> Mapping[str, Any]:
-        return next(iter(self._index[key]))
-
-    def __iter__(self) -> Any:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
+Index = kopf.Index[tuple[str, str], Any]
 
 
 @kopf.on.startup()
 async def startup(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    scheduledtask_bodies: Index,
+    workerpool_specs: Index,
+    **_: Any,
 ) -> None:
     config = Settings.from_env().operator
     settings.persistence.finalizer = f"{GROUP}/finalizer"
@@ -56,11 +47,18 @@ async def startup(
         settings.admission.managed = GROUP if config.webhook == "local" else None
     runtime = await asyncio.to_thread(build_runtime, config)
     memo["runtime"] = runtime
+    tasks, pools = IndexView(scheduledtask_bodies), IndexView(workerpool_specs)
+    memo["loops"] = [
+        asyncio.create_task(loops.resync_forever(runtime, tasks, pools), name="resync"),
+        asyncio.create_task(loops.consume_records_forever(runtime, tasks), name="run-records"),
+    ]
     logger.info("operator configured", extra={"webhook": config.webhook})
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for task in memo.get("loops", []):
+        task.cancel()
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await asyncio.to_thread(runtime.close)
@@ -77,7 +75,7 @@ def workerpool_specs(
 def scheduledtask_bodies(
     namespace: str, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], Any]:
-    """The latest body of every ScheduledTask: the resync loop and pool events walk it."""
+    """The latest body of every ScheduledTask: the loops and pool events walk it."""
     return {(namespace, name): snapshot(body)}
 
 
@@ -87,12 +85,12 @@ def validate_scheduled_task(
     namespace: str,
     spec: Mapping[str, Any],
     old: Mapping[str, Any] | None,
-    workerpool_specs: kopf.Index[tuple[str, str], Any],
+    workerpool_specs: Index,
     **_: Any,
 ) -> None:
     old_spec = (old or {}).get("spec")
     message = admission.review_scheduled_task(
-        operation, namespace, spec, old_spec, PoolIndex(workerpool_specs)
+        operation, namespace, spec, old_spec, IndexView(workerpool_specs)
     )
     if message:
         raise kopf.AdmissionError(message, code=422)
@@ -109,16 +107,20 @@ def validate_worker_pool(
 
 @kopf.on.event(*ST)
 def scheduled_task_event(
-    type: str | None,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    workerpool_specs: kopf.Index[tuple[str, str], Any],
-    **_: Any,
+    type: str | None, body: kopf.Body, memo: kopf.Memo, workerpool_specs: Index, **_: Any
 ) -> None:
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
         return
     runtime: Runtime = memo["runtime"]
-    runtime.scheduled_tasks.reconcile(body, PoolIndex(workerpool_specs))
+    runtime.scheduled_tasks.reconcile(snapshot(body), IndexView(workerpool_specs))
+
+
+@kopf.on.delete(*ST, id="remove-entry")
+def scheduled_task_deleted(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """The finalizer's work: the redbeat entry goes before the object does."""
+    runtime: Runtime = memo["runtime"]
+    runtime.scheduled_tasks.forget(namespace, name)
+    runtime.run_status.forget(uid)
 
 
 @kopf.on.event(*WP)
@@ -126,43 +128,19 @@ def worker_pool_event(
     type: str | None,
     body: kopf.Body,
     memo: kopf.Memo,
-    workerpool_specs: kopf.Index[tuple[str, str], Any],
-    scheduledtask_bodies: kopf.Index[tuple[str, str], Any],
+    workerpool_specs: Index,
+    scheduledtask_bodies: Index,
     **_: Any,
 ) -> None:
     runtime: Runtime = memo["runtime"]
     if type != "DELETED" and not body.metadata.get("deletionTimestamp"):
         runtime.worker_pools.reconcile(body)
-    # The pool's tasks may have been waiting for it, or must now stop.
-    pools = PoolIndex(workerpool_specs)
-    namespace, pool = body.metadata.namespace, body.metadata.name
-    for task in tasks_of_pool(scheduledtask_bodies, namespace, pool):
-        runtime.scheduled_tasks.reconcile(task, pools)
-
-
-def tasks_of_pool(
-    bodies: kopf.Index[tuple[str, str], Any], namespace: str | None, pool: str | None
-) -> list[Mapping[str, Any]]:
-    found = []
-    for key in list(bodies):
-        for task in bodies.get(key, ()):
-            meta, spec = task["metadata"], task.get("spec") or {}
-            if meta["namespace"] == namespace and spec.get("workerPool") == pool:
-                found.append(task)
-    return found
-
-
-def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a body the reconcilers and event posting need."""
-    meta = body["metadata"]
-    keep = ("name", "namespace", "uid", "generation", "creationTimestamp", "annotations")
-    return {
-        "apiVersion": body["apiVersion"],
-        "kind": body["kind"],
-        "metadata": {key: meta[key] for key in keep if key in meta},
-        "spec": dict(body.get("spec") or {}),
-        "status": dict(body.get("status") or {}),
-    }
+    # The pool's tasks may have been waiting for it, or must stop now.
+    tasks = tasks_of_pool(
+        IndexView(scheduledtask_bodies), body.metadata.namespace, body.metadata.name
+    )
+    if tasks:
+        runtime.scheduled_tasks.reconcile_many(tasks, IndexView(workerpool_specs))
 
 
 def run() -> None:

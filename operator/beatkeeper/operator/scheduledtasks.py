@@ -221,6 +221,15 @@ def plan_scheduled_task(
     )
 
 
+def unarmed(observed: ObservedTask, plan: TaskPlan, why: str, now: dt.datetime) -> TaskPlan:
+    """The plan after its entry could not be written: not Ready, no next time."""
+    if plan.definition is None:
+        return plan
+    health = Health.reconciling("RedisUnavailable", why)
+    status = _status(observed, health, now, plan.schedule, plan.spec)
+    return TaskPlan(None, health, status, [], plan.spec, plan.schedule)
+
+
 def status_changes(
     current: Mapping[str, Any], desired: Mapping[str, Any], now: dt.datetime
 ) -> dict[str, Any]:

@@ -1,0 +1,52 @@
+"""kopf indexes seen as plain mappings, and the object snapshots they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import kopf
+
+Key = tuple[str, str]
+
+
+class IndexView(Mapping[Key, Mapping[str, Any]]):
+    """A kopf index keyed (namespace, name) with one value per key, as a mapping."""
+
+    def __init__(self, index: kopf.Index[Key, Any]) -> None:
+        self._index = index
+
+    def __getitem__(self, key: Key) -> Mapping[str, Any]:
+        store = self._index[key]
+        for value in store:
+            return value  # type: ignore[no-any-return]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(list(self._index))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a body the reconcilers and event posting need."""
+    meta = body["metadata"]
+    keep = ("name", "namespace", "uid", "generation", "creationTimestamp", "annotations")
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "metadata": {key: meta[key] for key in keep if key in meta},
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def tasks_of_pool(
+    tasks: Mapping[Key, Mapping[str, Any]], namespace: str | None, pool: str | None
+) -> list[Mapping[str, Any]]:
+    return [
+        body
+        for (task_namespace, _), body in list(tasks.items())
+        if task_namespace == namespace and (body.get("spec") or {}).get("workerPool") == pool
+    ]

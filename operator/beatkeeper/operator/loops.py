@@ -1,0 +1,123 @@
+"""The operator's two background loops, started at start-up.
+
+- `resync_forever`: every `resync_seconds`, reconcile every ScheduledTask known
+  to the index in batches (level-triggered: a deleted redbeat key, a flushed
+  Redis or a missed watch event heals within one period), and now and then
+  remove entries of objects that no longer exist.
+- `consume_records_forever`: read run records in the consumer group, fold them
+  into status per object (coalesced per batch, written in parallel), then
+  acknowledge them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from beatkeeper import contract
+from beatkeeper.operator.indexes import IndexView, snapshot
+from beatkeeper.operator.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+RESYNC_BATCH = 500
+GC_EVERY = 6  # resync periods between orphan sweeps
+STATUS_WRITERS = 8  # concurrent status patches
+
+
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def resync_once(runtime: Runtime, tasks: IndexView, pools: IndexView, collect: bool) -> None:
+    bodies = list(tasks.values())
+    for batch in _batches(bodies, RESYNC_BATCH):
+        await asyncio.to_thread(runtime.scheduled_tasks.reconcile_many, batch, pools)
+    if collect:
+        known = {contract.object_key(ns, name) for ns, name in tasks}
+        await asyncio.to_thread(collect_orphans, runtime, known)
+
+
+def collect_orphans(runtime: Runtime, known: set[str]) -> None:
+    """Delete entries whose object is gone (confirmed by the API, not just the index)."""
+    watched = set(runtime.settings.namespaces)
+    for name in runtime.store.names() - known:
+        namespace, _, object_name = name.partition("/")
+        if watched and namespace not in watched:
+            continue
+        if runtime.kube.get("scheduledtasks", namespace, object_name) is None:
+            logger.info("removing the entry of deleted ScheduledTask %s", name)
+            runtime.store.delete([name])
+
+
+async def resync_forever(runtime: Runtime, tasks: IndexView, pools: IndexView) -> None:
+    rounds = 0
+    while True:
+        await asyncio.sleep(runtime.settings.resync_seconds)
+        rounds += 1
+        try:
+            await resync_once(runtime, tasks, pools, collect=rounds % GC_EVERY == 0)
+        except Exception:
+            logger.exception("resync failed; retrying next period")
+
+
+async def _write(
+    runtime: Runtime,
+    body: Mapping[str, Any],
+    records: list[contract.RunRecord],
+    gate: asyncio.Semaphore,
+) -> bool:
+    async with gate:
+        try:
+            await asyncio.to_thread(runtime.run_status.apply, body, records)
+        except Exception:
+            logger.exception("status of %s not written", records[0].object_key)
+            return False
+    return True
+
+
+async def _object(runtime: Runtime, tasks: IndexView, key: str) -> Mapping[str, Any] | None:
+    """The object from the index, or from the API while the index is still filling."""
+    namespace, _, name = key.partition("/")
+    body = tasks.get((namespace, name))
+    if body is None:
+        found = await asyncio.to_thread(runtime.kube.get, "scheduledtasks", namespace, name)
+        body = snapshot(found) if found is not None else None
+    return body
+
+
+async def consume_once(runtime: Runtime, tasks: IndexView, gate: asyncio.Semaphore) -> None:
+    batch = await asyncio.to_thread(runtime.records.read, 500, 1000)
+    if not batch:
+        return
+    grouped: dict[str, list[tuple[str, contract.RunRecord]]] = {}
+    for ident, record in batch:
+        grouped.setdefault(record.object_key, []).append((ident, record))
+    done: list[str] = []
+    writes, waiting = [], []
+    for key, items in grouped.items():
+        body = await _object(runtime, tasks, key)
+        if body is None:  # records of deleted objects are dropped
+            done += [ident for ident, _ in items]
+            continue
+        writes.append(_write(runtime, body, [record for _, record in items], gate))
+        waiting.append([ident for ident, _ in items])
+    for ok, idents in zip(await asyncio.gather(*writes), waiting, strict=True):
+        if ok:
+            done += idents
+    await asyncio.to_thread(runtime.records.ack, done)
+    if len(done) < len(batch):
+        runtime.records.reread_pending()  # the failed objects' records, next round
+
+
+async def consume_records_forever(runtime: Runtime, tasks: IndexView) -> None:
+    await asyncio.to_thread(runtime.records.ensure_group)
+    gate = asyncio.Semaphore(STATUS_WRITERS)
+    while True:
+        try:
+            await consume_once(runtime, tasks, gate)
+        except Exception:
+            logger.exception("reading run records failed; retrying")
+            await asyncio.sleep(1)

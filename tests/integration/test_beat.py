@@ -1,0 +1,176 @@
+"""`beatkeeper beat` processes against a real Redis: on time, catch-up, failover."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from beatkeeper import contract
+from beatkeeper.devenv.processes import Component, Supervisor
+from beatkeeper.redbeat import RedbeatStore
+
+
+def wait_for(check: Callable[[], Any], timeout: float, why: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"{why} within {timeout} s")
+
+
+@dataclass
+class Beats:
+    supervisor: Supervisor
+    redis_url: str
+    prefix: str
+    client: redis.Redis
+
+    def start(self, name: str = "beat", lock_seconds: int = 5) -> Component:
+        env = {
+            **os.environ,
+            "BEATKEEPER_BROKER_URL": self.redis_url,
+            "BEATKEEPER_REDBEAT_PREFIX": self.prefix,
+            "BEATKEEPER_BEAT_LOCK_SECONDS": str(lock_seconds),
+            "PYTHONUNBUFFERED": "1",
+        }
+        component = self.supervisor.start(
+            name, [sys.executable, "-m", "beatkeeper.cli", "beat"], env=env
+        )
+        return component
+
+    def holder_ready(self, component: Component) -> bool:
+        return "Acquired lock" in component.log_path.read_text()
+
+    @property
+    def store(self) -> RedbeatStore:
+        return RedbeatStore(self.client, self.prefix)
+
+    def records(self, namespace: str) -> list[contract.RunRecord]:
+        found = []
+        for _id, fields in self.client.xrange(contract.RUN_RECORDS_STREAM):  # type: ignore[union-attr]
+            record = contract.RunRecord.from_stream_fields(fields)
+            if record.namespace == namespace:
+                found.append(record)
+        return found
+
+
+@pytest.fixture
+def beats(redis_url: str, tmp_path: Path) -> Iterator[Beats]:
+    supervisor = Supervisor(tmp_path / "logs")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield Beats(supervisor, redis_url, f"rb-{uuid.uuid4().hex[:6]}:", client)
+    finally:
+        supervisor.stop_all()
+        client.close()
+
+
+def entry(
+    namespace: str, *, anchor: dt.datetime, every: int, **changes: Any
+) -> contract.EntryDefinition:
+    base = contract.EntryDefinition(
+        name=f"{namespace}/t",
+        namespace=namespace,
+        object_name="t",
+        queue=f"beatkeeper.{namespace}.p",
+        schedule=contract.ScheduleSpec(kind="every", every_seconds=every, anchor=anchor),
+        task=contract.TaskCall(name="beatkeeper.sleep"),
+    )
+    return base.model_copy(update=changes)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def test_new_entry_fires_on_time_not_after_the_loop_interval(beats: Beats) -> None:
+    beat = beats.start()
+    wait_for(lambda: beats.holder_ready(beat), 30, "beat took its lock")
+    namespace = f"n{uuid.uuid4().hex[:6]}"
+    anchor = now().replace(microsecond=0)
+    beats.store.upsert_if_changed([entry(namespace, anchor=anchor, every=2)], now())
+    first = anchor + dt.timedelta(seconds=2)
+    pending = wait_for(
+        lambda: [r for r in beats.records(namespace) if r.state == "Pending"],
+        10,
+        "a run was published",
+    )
+    assert pending[0].slot == first
+    lateness = (pending[0].time - first).total_seconds()
+    assert -0.05 <= lateness < 1.0, f"fired {lateness:.3f} s after its slot"
+    wait_for(lambda: len(beats.records(namespace)) >= 3, 10, "three runs 2 s apart")
+    slots = [r.slot for r in beats.records(namespace)]
+    assert slots[:3] == [first + dt.timedelta(seconds=2 * i) for i in range(3)]
+
+
+def test_downtime_catch_up_runs_latest_and_records_missed(beats: Beats) -> None:
+    namespace = f"n{uuid.uuid4().hex[:6]}"
+    anchor = now().replace(microsecond=0) - dt.timedelta(seconds=65)
+    definition = entry(namespace, anchor=anchor, every=5)
+    # Armed 60 s ago, then beat was down: 12 slots passed, the last ones inside the grace period.
+    beats.store.upsert_if_changed([definition], anchor)
+    beat = beats.start()
+    wait_for(lambda: beats.holder_ready(beat), 30, "beat took its lock")
+    wait_for(
+        lambda: (
+            {"Pending", "Missed"}
+            <= {r.state for r in beats.records(namespace) if r.trigger == "catch-up"}
+        ),
+        10,
+        "catch-up ran and the rest was recorded Missed",
+    )
+    records = beats.records(namespace)
+    catch_up = [r for r in records if r.trigger == "catch-up" and r.state == "Pending"]
+    missed = [r for r in records if r.state == "Missed"]
+    on_time = [r for r in records if r.trigger == "schedule" and r.state == "Pending"]
+    assert len(catch_up) == 1  # catchUp default: only the latest missed slot
+    assert missed
+    assert all(m.reason == "MissedWhileDown" for m in missed)
+    assert max(m.slot for m in missed) < catch_up[0].slot
+    assert all(r.slot > catch_up[0].slot for r in on_time)
+    run_ids = [r.run_id for r in records if r.state in ("Pending", "Missed")]
+    assert len(run_ids) == len(set(run_ids))
+
+
+def test_standby_takes_over_when_the_active_beat_is_killed(beats: Beats) -> None:
+    first = beats.start("beat-a")
+    wait_for(lambda: beats.holder_ready(first), 30, "beat-a took the lock")
+    second = beats.start("beat-b")
+    time.sleep(2)
+    assert not beats.holder_ready(second)
+    namespace = f"n{uuid.uuid4().hex[:6]}"
+    anchor = now().replace(microsecond=0)
+    beats.store.upsert_if_changed([entry(namespace, anchor=anchor, every=1)], now())
+    wait_for(lambda: len(beats.records(namespace)) >= 2, 10, "beat-a fires")
+
+    os.killpg(first.pid, signal.SIGKILL)
+    killed = now()
+    first.popen.wait()
+    beats.supervisor.components.remove(first)
+    wait_for(lambda: beats.holder_ready(second), 30, "beat-b took the lock")
+    wait_for(
+        lambda: any(r.time > killed + dt.timedelta(seconds=1) for r in beats.records(namespace)),
+        30,
+        "beat-b fires",
+    )
+
+    pending = [r for r in beats.records(namespace) if r.state == "Pending"]
+    run_ids = [r.run_id for r in pending]
+    assert len(run_ids) == len(set(run_ids)), "a slot was published by both beats"
+    slots = sorted(r.slot for r in pending)
+    assert slots == [slots[0] + dt.timedelta(seconds=i) for i in range(len(slots))], (
+        "a slot was lost"
+    )
