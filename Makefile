@@ -9,8 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all test test-unit test-integration test-e2e test-kind lint demo dev-up \
-	system-deps venv cluster-binary clean
+.PHONY: all test test-unit test-integration test-e2e test-kind lint demo \
+	system-deps venv cluster-binary helm chart-crds chart-lint clean
 
 all: test
 
@@ -29,16 +29,27 @@ system-deps:
 cluster-binary: venv
 	@$(BIN)/python -m beatkeeper.devenv.build >/dev/null
 
-test: venv system-deps cluster-binary
+# Builds helm from its Go module once (cached under ~/.cache/beatkeeper; cold ~4 min).
+helm: venv
+	@$(BIN)/python -m beatkeeper.devenv.helm >/dev/null
+
+# The chart's CRDs are the repository's: regenerate both copies from the models.
+chart-crds: venv
+	$(BIN)/python -m beatkeeper.api.crd --write crds --write charts/beatkeeper/crds
+
+chart-lint: helm
+	$$($(BIN)/python -m beatkeeper.devenv.helm) lint --strict charts/beatkeeper
+
+test: venv system-deps cluster-binary helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: venv
+test-unit: venv helm
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 test-integration: venv system-deps
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
-test-e2e: venv system-deps cluster-binary
+test-e2e: venv system-deps cluster-binary helm
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
 # Needs a Docker engine: pytest-kind creates a kind cluster for the end-to-end tier.

@@ -1,0 +1,87 @@
+-- Argo CD health check for beatkeeper.dev/ScheduledTask (Lua 5.1, as Argo CD runs it).
+-- It reads the kstatus conditions the operator writes, as Flux does:
+--   Progressing  no status yet, status.observedGeneration behind metadata.generation,
+--                Reconciling=True, or Ready not (yet) True
+--   Degraded     Stalled=True (e.g. reason InvalidSpec), or the latest run Failed
+--                (like Argo CD's own CronJob check: the object is armed, but its work fails)
+--   Suspended    spec.suspend is true and the operator has applied it
+--   Healthy      Ready=True: the schedule is armed in Redis
+-- Running, retrying, missed and skipped runs leave the object Healthy.
+local hs = {}
+
+local function condition(status, kind)
+  if status == nil or status.conditions == nil then
+    return nil
+  end
+  for _, c in ipairs(status.conditions) do
+    if c.type == kind then
+      return c
+    end
+  end
+  return nil
+end
+
+local function describe(c, fallback)
+  local text = c.reason or fallback
+  if c.message ~= nil and c.message ~= "" then
+    text = text .. ": " .. c.message
+  end
+  return text
+end
+
+local status = obj.status
+local generation = obj.metadata.generation
+if status == nil or status.conditions == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to report status"
+  return hs
+end
+if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
+  return hs
+end
+
+local stalled = condition(status, "Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = describe(stalled, "Stalled")
+  return hs
+end
+local reconciling = condition(status, "Reconciling")
+if reconciling ~= nil and reconciling.status == "True" then
+  hs.status = "Progressing"
+  hs.message = describe(reconciling, "Reconciling")
+  return hs
+end
+local ready = condition(status, "Ready")
+if ready == nil or ready.status ~= "True" then
+  hs.status = "Progressing"
+  hs.message = "Waiting for Ready"
+  return hs
+end
+
+if obj.spec ~= nil and obj.spec.suspend == true then
+  hs.status = "Suspended"
+  hs.message = "New runs are suspended"
+  return hs
+end
+local last = status.lastRun
+if last ~= nil and last.state == "Failed" then
+  hs.status = "Degraded"
+  hs.message = "Last run " .. tostring(last.id) .. " failed"
+  if last.reason ~= nil and last.reason ~= "" then
+    hs.message = hs.message .. " (" .. last.reason .. ")"
+  end
+  if last.message ~= nil and last.message ~= "" then
+    hs.message = hs.message .. ": " .. last.message
+  end
+  return hs
+end
+
+hs.status = "Healthy"
+hs.message = describe(ready, "Ready")
+if status.nextScheduleTime ~= nil then
+  hs.message = hs.message .. "; next run at " .. status.nextScheduleTime
+end
+return hs
