@@ -187,3 +187,15 @@ def pytest_report_header() -> list[str]:
         "beatkeeper e2e: BEATKEEPER_KUBECONFIG="
         + os.environ.get("BEATKEEPER_KUBECONFIG", "(local)")
     ]
+
+
+@pytest.fixture(scope="session")
+def pod_runner(cluster: Environment) -> Iterator[Component]:
+    """The local stand-in for a kubelet: one real worker per WorkerPool pod (e2e tasks loaded)."""
+    from beatkeeper.devenv.system import start_pod_runner
+
+    supervisor = Supervisor(cluster.log_dir)
+    try:
+        yield start_pod_runner(cluster, supervisor, python_path=[HERE])
+    finally:
+        supervisor.stop_all(grace=15)

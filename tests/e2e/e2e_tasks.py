@@ -40,3 +40,16 @@ def flaky(succeed_on_attempt: int = 3) -> int:
     if attempt < succeed_on_attempt:
         raise RuntimeError(f"attempt {attempt} fails on purpose")
     return attempt
+
+
+@shared_task(name="e2e.slow")  # type: ignore[untyped-decorator]
+def slow(key: str, seconds: float = 1.0) -> None:
+    """Count starts and finishes per run id: a run killed mid-way shows started > finished."""
+    import time
+
+    run = current_run()
+    ident = run.run_id if run else "?"
+    client = _redis()
+    client.hincrby(f"{key}:started", ident, 1)
+    time.sleep(seconds)
+    client.hincrby(f"{key}:finished", ident, 1)

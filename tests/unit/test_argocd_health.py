@@ -18,6 +18,7 @@ from lupa import lua51, lua54
 
 from beatkeeper.api.validation import parse_worker_pool
 from beatkeeper.operator import scheduledtasks, workerpools
+from beatkeeper.operator.deployments import ObservedDeployment, PoolRef, build_worker_deployment
 
 REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "gitops" / "argocd"
@@ -268,15 +269,38 @@ def test_planned_scheduled_task_status(
     assert health("ScheduledTask", planned_task(spec, pool_known=pool_known))[0] == expected
 
 
+def ready_deployment(spec: dict[str, Any]) -> ObservedDeployment:
+    """The pool's Deployment as the apiserver reports it once its replicas are ready."""
+    ref = PoolRef("team", "p", "uid-p")
+    body = build_worker_deployment(ref, parse_worker_pool(spec), spec["replicas"])
+    body["metadata"].update(uid="d-1", generation=1)
+    replicas = spec["replicas"]
+    body["status"] = {
+        "observedGeneration": 1,
+        "replicas": replicas,
+        "readyReplicas": replicas,
+        "updatedReplicas": replicas,
+    }
+    return ObservedDeployment.from_body(body)
+
+
 @pytest.mark.parametrize(
-    ("spec", "expected"),
-    [(POOL_SPEC, "Healthy"), ({**POOL_SPEC, "pool": "gevent"}, "Degraded")],
-    ids=["valid", "invalid"],
+    ("spec", "deployed", "expected"),
+    [
+        (POOL_SPEC, True, "Healthy"),
+        (POOL_SPEC, False, "Progressing"),
+        ({**POOL_SPEC, "pool": "gevent"}, False, "Degraded"),
+    ],
+    ids=["ready", "creating", "invalid"],
 )
-def test_planned_worker_pool_status(health: Health, spec: dict[str, Any], expected: str) -> None:
+def test_planned_worker_pool_status(
+    health: Health, spec: dict[str, Any], deployed: bool, expected: str
+) -> None:
     body = pool(None)
+    body["metadata"]["uid"] = "uid-p"
     body["spec"] = spec
-    plan = workerpools.plan_worker_pool(workerpools.ObservedPool.from_body(body), NOW)
+    world = workerpools.PoolWorld(deployment=ready_deployment(spec) if deployed else None)
+    plan = workerpools.plan_worker_pool(workerpools.ObservedPool.from_body(body), NOW, world)
     body["status"] = plan.status
     assert health("WorkerPool", body)[0] == expected
 

@@ -60,7 +60,16 @@ def test_valid_task_is_ready_with_an_entry_and_next_time() -> None:
     assert result.status["nextScheduleTime"] == "2026-03-07T12:00:20Z"
     assert result.status["schedule"] == "every 30s"
     assert result.status["observedGeneration"] == 1
-    assert [e.reason for e in result.events] == ["Scheduled"]
+    assert result.events == []  # no event for a new object
+
+
+def test_edit_and_recovery_post_scheduled() -> None:
+    first = plan(EVERY)
+    edited = plan({**EVERY, "every": "1m"}, status=first.status, generation=2)
+    assert [e.reason for e in edited.events] == ["Scheduled"]
+    waiting = plan(EVERY, pool=None, known=False)
+    recovered = plan(EVERY, status=waiting.status)
+    assert [e.reason for e in recovered.events] == ["Scheduled"]
 
 
 def test_cron_next_time_respects_the_zone_across_dst() -> None:
@@ -104,7 +113,7 @@ def test_task_not_allowed_by_pool_is_stalled() -> None:
 
 
 def test_suspended_entry_is_disabled_with_no_next_time() -> None:
-    result = plan({**EVERY, "suspend": True})
+    result = plan({**EVERY, "suspend": True}, status=plan(EVERY).status, generation=2)
     assert result.definition is not None
     assert result.definition.enabled is False
     assert result.status["nextScheduleTime"] is None
@@ -172,7 +181,9 @@ def test_worker_pool_plan() -> None:
     )
     result = plan_worker_pool(observed, NOW)
     assert result.status["queue"] == "beatkeeper.ns.p"
-    assert result.health.state == "ready"
+    # Ready only once its Deployment's replicas are (tests/unit/test_deployments.py).
+    assert (result.health.state, result.health.reason) == ("reconciling", "Creating")
+    assert result.action == "create"
     bad = ObservedPool.from_body({"metadata": {"namespace": "ns", "name": "p"}, "spec": {}})
     stalled = plan_worker_pool(bad, NOW)
     assert stalled.health.state == "stalled"

@@ -11,6 +11,7 @@ gets stored while the webhook is down.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import json
 import re
@@ -129,8 +130,17 @@ def schedule_errors(raw: Mapping[str, Any]) -> list[FieldError]:
 
 
 def parse_scheduled_task(raw: Mapping[str, Any] | None) -> ScheduledTaskSpec:
-    """The spec as a model, or InvalidSpec naming every field that is wrong."""
-    raw = raw or {}
+    """The spec as a model, or InvalidSpec naming every field that is wrong.
+
+    Cached by the spec's JSON: every resync re-reads thousands of unchanged
+    specs, and the models are immutable, so sharing them is safe.
+    """
+    return _parse_scheduled_task_json(json.dumps(_plain(raw or {}), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=20_000)
+def _parse_scheduled_task_json(text: str) -> ScheduledTaskSpec:
+    raw = json.loads(text)
     errors = schedule_errors(raw)
     try:
         spec = _strict(ScheduledTaskSpec, raw)

@@ -32,7 +32,16 @@ class IndexView(Mapping[Key, Mapping[str, Any]]):
 def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a body the reconcilers and event posting need."""
     meta = body["metadata"]
-    keep = ("name", "namespace", "uid", "generation", "creationTimestamp", "annotations")
+    keep = (
+        "name",
+        "namespace",
+        "uid",
+        "generation",
+        "creationTimestamp",
+        "annotations",
+        "deletionTimestamp",
+        "finalizers",
+    )
     return {
         "apiVersion": body["apiVersion"],
         "kind": body["kind"],

@@ -8,14 +8,22 @@ fields the caller owns (a merge patch replaces lists whole).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kubernetes
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import (
+    AdmissionregistrationV1Api,
+    ApiClient,
+    AppsV1Api,
+    CoreV1Api,
+    CustomObjectsApi,
+)
 from kubernetes.client.exceptions import ApiException
 
 from beatkeeper.api.base import GROUP, VERSION
+
+FIELD_MANAGER = "beatkeeper"
 
 
 def api_client() -> ApiClient:
@@ -24,7 +32,9 @@ def api_client() -> ApiClient:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return ApiClient()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32  # as many as kopf's handler threads
+    return ApiClient(configuration)
 
 
 class KubeApi:
@@ -56,6 +66,94 @@ class KubeApi:
             raise
         return cast(dict[str, Any], body)
 
+    def add_finalizer(self, plural: str, namespace: str, name: str, finalizer: str) -> None:
+        self._patch_finalizers(
+            plural,
+            namespace,
+            name,
+            lambda items: [*items, finalizer] if finalizer not in items else items,
+        )
+
+    def remove_finalizer(self, plural: str, namespace: str, name: str, finalizer: str) -> None:
+        self._patch_finalizers(
+            plural, namespace, name, lambda items: [f for f in items if f != finalizer]
+        )
+
+    def _patch_finalizers(
+        self, plural: str, namespace: str, name: str, change: Callable[[list[str]], list[str]]
+    ) -> None:
+        """Read-modify-write with resourceVersion: a concurrent change makes it retry."""
+        for _ in range(5):
+            body = self.get(plural, namespace, name)
+            if body is None:
+                return
+            meta = body["metadata"]
+            current = list(meta.get("finalizers") or [])
+            wanted = change(current)
+            if wanted == current:
+                return
+            patch = {"metadata": {"finalizers": wanted, "resourceVersion": meta["resourceVersion"]}}
+            try:
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name, patch
+                )
+                return
+            except ApiException as error:
+                if error.status == 404:
+                    return
+                if error.status != 409:
+                    raise
+
+    def apply_webhook_configurations(
+        self, validating: Mapping[str, Any], mutating: Mapping[str, Any]
+    ) -> None:
+        """Create or replace both configurations (local mode only: needs admissionregistration)."""
+        api: Any = AdmissionregistrationV1Api(self.client)  # plain dicts in, not client models
+        name = validating["metadata"]["name"]
+        for body, read, create, replace in (
+            (
+                validating,
+                api.read_validating_webhook_configuration,
+                api.create_validating_webhook_configuration,
+                api.replace_validating_webhook_configuration,
+            ),
+            (
+                mutating,
+                api.read_mutating_webhook_configuration,
+                api.create_mutating_webhook_configuration,
+                api.replace_mutating_webhook_configuration,
+            ),
+        ):
+            try:
+                current = read(name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                create(dict(body))
+                continue
+            replace(
+                name,
+                {
+                    **body,
+                    "metadata": {
+                        **body["metadata"],
+                        "resourceVersion": current.metadata.resource_version,
+                    },
+                },
+            )
+
+    def delete_webhook_configurations(self, name: str) -> None:
+        api: Any = AdmissionregistrationV1Api(self.client)
+        for delete in (
+            api.delete_validating_webhook_configuration,
+            api.delete_mutating_webhook_configuration,
+        ):
+            try:
+                delete(name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+
     def post_event(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event on the object, as `kubectl describe` shows them."""
         meta = body.get("metadata", {})
@@ -83,3 +181,45 @@ class KubeApi:
             "count": 1,
         }
         self.core.create_namespaced_event(meta.get("namespace"), event)  # type: ignore[arg-type]
+
+    # Worker Deployments (owned by WorkerPools). The operator never reads Secrets:
+    # a pool's broker URL reaches its pods as a secretKeyRef.
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = AppsV1Api(self.client).read_namespaced_deployment(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return self._plain(found)
+
+    def create_deployment(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The created Deployment; None when one of that name exists (whoever owns it)."""
+        try:
+            created = AppsV1Api(self.client).create_namespaced_deployment(
+                namespace,
+                dict(body),  # type: ignore[arg-type]
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        return self._plain(created)
+
+    def apply_deployment(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply: fields the operator stops setting are removed, others kept."""
+        applied = AppsV1Api(self.client).patch_namespaced_deployment(
+            body["metadata"]["name"],
+            namespace,
+            dict(body),
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+        return self._plain(applied)
+
+    def _plain(self, model: object) -> dict[str, Any]:
+        """A client model as the JSON the apiserver sent (camelCase keys)."""
+        return cast(dict[str, Any], self.client.sanitize_for_serialization(model))  # type: ignore[no-untyped-call]

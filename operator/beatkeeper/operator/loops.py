@@ -1,4 +1,10 @@
-"""The operator's two background loops, started at start-up.
+"""The operator's background loops, started at start-up.
+
+- `reconcile_queued_forever`: the work queue. Watch events only mark a
+  ScheduledTask dirty; this loop takes the dirty keys every few milliseconds
+  (several events of one object coalesce into one reconcile, as in
+  controller-runtime's workqueue) and reconciles them in batches: one Redis
+  round trip per batch, status patches in parallel.
 
 - `resync_forever`: every `resync_seconds`, reconcile every ScheduledTask known
   to the index in batches (level-triggered: a deleted redbeat key, a flushed
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from beatkeeper import contract
@@ -25,6 +31,49 @@ logger = logging.getLogger(__name__)
 RESYNC_BATCH = 500
 GC_EVERY = 6  # resync periods between orphan sweeps
 STATUS_WRITERS = 8  # concurrent status patches
+
+
+COALESCE_SECONDS = 0.02
+QUEUE_BATCH = 100  # small batches: the first objects of a burst need not wait for the last
+
+
+class WorkQueue:
+    """Keys (namespace, name) of ScheduledTasks to reconcile soon; duplicates coalesce."""
+
+    def __init__(self) -> None:
+        self._keys: set[tuple[str, str]] = set()
+        self._ready = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def add(self, keys: Iterable[tuple[str, str]]) -> None:
+        """From the event loop's thread."""
+        self._keys.update(keys)
+        if self._keys:
+            self._ready.set()
+
+    def add_threadsafe(self, keys: Iterable[tuple[str, str]]) -> None:
+        """From a sync handler's thread."""
+        self._loop.call_soon_threadsafe(self.add, list(keys))
+
+    async def take(self) -> list[tuple[str, str]]:
+        await self._ready.wait()
+        await asyncio.sleep(COALESCE_SECONDS)
+        keys, self._keys = list(self._keys), set()
+        self._ready.clear()
+        return keys
+
+
+async def reconcile_queued_forever(
+    runtime: Runtime, queue: WorkQueue, tasks: IndexView, pools: IndexView
+) -> None:
+    while True:
+        keys = await queue.take()
+        bodies = [body for key in keys if (body := tasks.get(key)) is not None]
+        for batch in _batches(bodies, QUEUE_BATCH):
+            try:
+                await asyncio.to_thread(runtime.scheduled_tasks.reconcile_many, batch, pools)
+            except Exception:
+                logger.exception("reconcile failed; the resync retries")
 
 
 def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -15,12 +15,14 @@ from typing import Any
 import kopf
 
 from beatkeeper.api.base import GROUP, VERSION
-from beatkeeper.operator import admission, loops
+from beatkeeper.operator import loops, workerpools
+from beatkeeper.operator.deployments import MANAGED_BY, MANAGED_BY_LABEL, ObservedDeployment
 from beatkeeper.operator.indexes import IndexView, snapshot, tasks_of_pool
-from beatkeeper.operator.runtime import Runtime, build_runtime, webhook_server
+from beatkeeper.operator.runtime import Admission, Runtime, build_runtime, start_admission
 from beatkeeper.settings import Settings
 
 ST = (GROUP, VERSION, "scheduledtasks")
+FINALIZER = f"{GROUP}/finalizer"
 WP = (GROUP, VERSION, "workerpools")
 Index = kopf.Index[tuple[str, str], Any]
 
@@ -35,20 +37,25 @@ async def startup(
     **_: Any,
 ) -> None:
     config = Settings.from_env().operator
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Kopf removes its own finalizer from objects no deletion handler needs, so
+    # it must not share a name with ours (which the reconciler manages).
+    settings.persistence.finalizer = f"kopf.{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING  # our events are explicit, not every log line
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = 16
-    server = webhook_server(config)
-    if server is not None:
-        settings.admission.server = server
-        settings.admission.managed = GROUP if config.webhook == "local" else None
+    settings.execution.max_workers = 32
     runtime = await asyncio.to_thread(build_runtime, config)
     memo["runtime"] = runtime
     tasks, pools = IndexView(scheduledtask_bodies), IndexView(workerpool_specs)
+    memo["admission"] = await asyncio.to_thread(
+        start_admission, config, runtime.kube, lambda: pools
+    )
+    queue = memo["queue"] = loops.WorkQueue()
     memo["loops"] = [
+        asyncio.create_task(
+            loops.reconcile_queued_forever(runtime, queue, tasks, pools), name="queue"
+        ),
         asyncio.create_task(loops.resync_forever(runtime, tasks, pools), name="resync"),
         asyncio.create_task(loops.consume_records_forever(runtime, tasks), name="run-records"),
     ]
@@ -59,88 +66,122 @@ async def startup(
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in memo.get("loops", []):
         task.cancel()
+    admission_server: Admission | None = memo.get("admission")
+    if admission_server is not None:
+        await asyncio.to_thread(admission_server.stop)
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await asyncio.to_thread(runtime.close)
 
 
+# Index functions are async: pure and cheap, they need no hop to a thread.
 @kopf.index(*WP)
-def workerpool_specs(
+async def workerpool_specs(
     namespace: str, name: str, spec: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str, str], Any]:
     return {(namespace, name): dict(spec)}
 
 
 @kopf.index(*ST)
-def scheduledtask_bodies(
+async def scheduledtask_bodies(
     namespace: str, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], Any]:
     """The latest body of every ScheduledTask: the loops and pool events walk it."""
     return {(namespace, name): snapshot(body)}
 
 
-@kopf.on.validate(*ST, id="scheduledtask", operations=["CREATE", "UPDATE"], ignore_failures=True)
-def validate_scheduled_task(
-    operation: str,
-    namespace: str,
-    spec: Mapping[str, Any],
-    old: Mapping[str, Any] | None,
-    workerpool_specs: Index,
-    **_: Any,
-) -> None:
-    old_spec = (old or {}).get("spec")
-    message = admission.review_scheduled_task(
-        operation, namespace, spec, old_spec, IndexView(workerpool_specs)
-    )
-    if message:
-        raise kopf.AdmissionError(message, code=422)
-
-
-@kopf.on.validate(*WP, id="workerpool", operations=["CREATE", "UPDATE"], ignore_failures=True)
-def validate_worker_pool(
-    operation: str, spec: Mapping[str, Any], old: Mapping[str, Any] | None, **_: Any
-) -> None:
-    message = admission.review_worker_pool(operation, spec, (old or {}).get("spec"))
-    if message:
-        raise kopf.AdmissionError(message, code=422)
-
-
 @kopf.on.event(*ST)
-def scheduled_task_event(
-    type: str | None, body: kopf.Body, memo: kopf.Memo, workerpool_specs: Index, **_: Any
+async def scheduled_task_event(
+    type: str | None, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any
 ) -> None:
-    if type == "DELETED" or body.metadata.get("deletionTimestamp"):
+    """Only marks the object dirty: the work queue reconciles it (coalesced, batched).
+
+    A deleting object is dirty too: its reconcile removes the entry, then our
+    finalizer. DELETED (gone without our finalizer) removes the entry at once.
+    """
+    runtime: Runtime = memo["runtime"]
+    if type == "DELETED":
+        await asyncio.to_thread(runtime.scheduled_tasks.forget, namespace, name)
+        runtime.run_status.forget(uid)
         return
-    runtime: Runtime = memo["runtime"]
-    runtime.scheduled_tasks.reconcile(snapshot(body), IndexView(workerpool_specs))
+    queue: loops.WorkQueue = memo["queue"]
+    queue.add([(namespace, name)])
 
 
-@kopf.on.delete(*ST, id="remove-entry")
-def scheduled_task_deleted(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
-    """The finalizer's work: the redbeat entry goes before the object does."""
-    runtime: Runtime = memo["runtime"]
-    runtime.scheduled_tasks.forget(namespace, name)
-    runtime.run_status.forget(uid)
+@kopf.index(*ST)
+async def scheduledtask_slots(
+    namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], Any]:
+    """Each ScheduledTask's schedule under its pool's key: the pool's pre-warm reads them."""
+    pool = str(spec.get("workerPool", ""))
+    return {(namespace, pool): workerpools.slot_source(namespace, name, meta, spec)}
+
+
+@kopf.index("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY})
+async def worker_deployments(
+    namespace: str, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], ObservedDeployment]:
+    """The pools' Deployments as last seen: the reconciler reads them, never polls the API."""
+    return {(namespace, name): ObservedDeployment.from_body(body)}
 
 
 @kopf.on.event(*WP)
 def worker_pool_event(
+    *,
     type: str | None,
     body: kopf.Body,
     memo: kopf.Memo,
-    workerpool_specs: Index,
     scheduledtask_bodies: Index,
+    scheduledtask_slots: Index,
+    worker_deployments: Index,
     **_: Any,
 ) -> None:
+    """A new spec converges at once (`kubectl scale` included); the daemon does the rest."""
     runtime: Runtime = memo["runtime"]
-    if type != "DELETED" and not body.metadata.get("deletionTimestamp"):
-        runtime.worker_pools.reconcile(body)
-    # The pool's tasks may have been waiting for it, or must stop now.
+    if type == "DELETED":
+        runtime.worker_pools.forget(body.metadata.uid)
+    # The pool's tasks may have been waiting for it, or must stop now; only a
+    # new spec (or the pool's arrival or removal) can change that, not its status.
+    generation = None if type == "DELETED" else body.metadata.get("generation")
+    if memo.get("tasks_reconciled_for") == generation:
+        return
+    memo["tasks_reconciled_for"] = generation
     tasks = tasks_of_pool(
         IndexView(scheduledtask_bodies), body.metadata.namespace, body.metadata.name
     )
-    if tasks:
-        runtime.scheduled_tasks.reconcile_many(tasks, IndexView(workerpool_specs))
+    queue: loops.WorkQueue = memo["queue"]
+    queue.add_threadsafe(
+        (task["metadata"]["namespace"], task["metadata"]["name"]) for task in tasks
+    )
+    if type != "DELETED" and not body.metadata.get("deletionTimestamp"):
+        slots = scheduledtask_slots.get((body.metadata.namespace, body.metadata.name), ())
+        runtime.worker_pools.reconcile(body, list(slots), IndexView(worker_deployments))
+
+
+@kopf.daemon(*WP, id="workers", backoff=2, cancellation_timeout=10)
+async def worker_pool_daemon(
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    scheduledtask_slots: Index,
+    worker_deployments: Index,
+    **_: Any,
+) -> None:
+    """Level-triggered, every pollSeconds: measure the backlog, converge, write status.
+
+    A daemon rather than a timer: the interval is the pool's own and follows
+    its spec, and the loop ends with the pool (its Deployment then goes by
+    owner-reference garbage collection). An error ends the loop and kopf
+    starts it again after `backoff` seconds.
+    """
+    runtime: Runtime = memo["runtime"]
+    deployments = IndexView(worker_deployments)
+    while not stopped:
+        pool = snapshot(body)  # the live body changes under us; the thread gets a copy
+        key = (pool["metadata"]["namespace"], pool["metadata"]["name"])
+        slots = list(scheduledtask_slots.get(key, ()))
+        interval = await asyncio.to_thread(runtime.worker_pools.reconcile, pool, slots, deployments)
+        await stopped.wait(interval)
 
 
 def run() -> None:
@@ -148,6 +189,10 @@ def run() -> None:
     config = Settings.from_env().operator
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     kopf.configure(verbose=False)
+    # Per-event "Handler succeeded" and per-request access lines would cost more
+    # than the work at thousands of objects; warnings and errors still show.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
         clusterwide=not config.namespaces,

@@ -13,8 +13,10 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,19 @@ import redis
 from beatkeeper import contract
 from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_worker_pool
 from beatkeeper.api.workerpool import WorkerPoolSpec
-from beatkeeper.operator import runstatus, scheduledtasks, workerpools
+from beatkeeper.operator import autoscaler, runstatus, scheduledtasks, webhook, workerpools
+from beatkeeper.operator.backlog import BacklogProbe
 from beatkeeper.operator.conditions import Event
+from beatkeeper.operator.deployments import ObservedDeployment, deployment_name
 from beatkeeper.operator.kubeapi import KubeApi, api_client
 from beatkeeper.operator.runrecords import RunRecordStream
+from beatkeeper.operator.webhook import AdmissionServer
 from beatkeeper.pki import CertificateAuthority
 from beatkeeper.redbeat import RedbeatStore
 from beatkeeper.settings import OperatorSettings, WorkerSettings
 
 Clock = Callable[[], dt.datetime]
+FINALIZER = "beatkeeper.dev/finalizer"
 Pools = Mapping[tuple[str, str], Mapping[str, Any]]
 logger = logging.getLogger(__name__)
 _CERT_DIRS: list[Path] = []
@@ -43,31 +49,46 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def webhook_server(config: OperatorSettings) -> kopf.WebhookServer | None:
-    """The admission webhook server for the configured mode (None when off)."""
+@dataclass
+class Admission:
+    """The running admission server and, in local mode, the configurations it registered."""
+
+    server: AdmissionServer
+    kube: KubeApi
+    registered: bool
+
+    def stop(self) -> None:
+        if self.registered:
+            self.kube.delete_webhook_configurations(webhook.NAME)
+        self.server.stop()
+
+
+def start_admission(
+    config: OperatorSettings, kube: KubeApi, pools: webhook.Pools
+) -> Admission | None:
+    """Serve admission reviews for the configured mode (None when off)."""
     if config.webhook == "off":
         return None
     if config.webhook == "service":
         assert config.webhook_cert_dir is not None, "BEATKEEPER_WEBHOOK_CERT_DIR is required"
-        return kopf.WebhookServer(
-            addr=config.webhook_listen,
-            port=config.webhook_port or 9443,
-            certfile=str(config.webhook_cert_dir / "tls.crt"),
-            pkeyfile=str(config.webhook_cert_dir / "tls.key"),
+        certfile, keyfile = config.webhook_cert_dir / "tls.crt", config.webhook_cert_dir / "tls.key"
+        server = AdmissionServer(
+            config.webhook_listen, config.webhook_port or 9443, certfile, keyfile, pools
         )
+        server.start()
+        return Admission(server, kube, registered=False)
     # Local: the apiserver calls https://127.0.0.1:PORT with a CA made here.
     directory = Path(tempfile.mkdtemp(prefix="beatkeeper-webhook-"))
     _CERT_DIRS.append(directory)
     ca = CertificateAuthority.create(directory, "beatkeeper-webhook-ca")
     pair = ca.issue_serving(directory, "webhook", [config.webhook_listen, "localhost"])
-    return kopf.WebhookServer(
-        addr=config.webhook_listen,
-        port=config.webhook_port or None,
-        host=config.webhook_listen,
-        certfile=str(pair.cert_path),
-        pkeyfile=str(pair.key_path),
-        cafile=str(ca.pair.cert_path),
+    server = AdmissionServer(
+        config.webhook_listen, config.webhook_port, pair.cert_path, pair.key_path, pools
     )
+    port = server.start()
+    configs = webhook.build_configurations(f"https://{config.webhook_listen}:{port}", ca.cert_pem)
+    kube.apply_webhook_configurations(*configs)
+    return Admission(server, kube, registered=True)
 
 
 def post_events(kube: KubeApi, body: Mapping[str, Any], events: Iterable[Event]) -> None:
@@ -131,18 +152,29 @@ class ScheduledTaskReconciler:
     store: RedbeatStore
     publisher: RunPublisher
     clock: Clock
+    writers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="status")
+    )
 
     def reconcile(self, body: Mapping[str, Any], pools: Pools) -> None:
         self.reconcile_many([body], pools)
 
     def reconcile_many(self, bodies: Sequence[Mapping[str, Any]], pools: Pools) -> None:
         """Level-triggered: entries and reconcile-owned status of these objects."""
+        deleting = [body for body in bodies if body["metadata"].get("deletionTimestamp")]
+        self._finalize(deleting)
+        bodies = [body for body in bodies if not body["metadata"].get("deletionTimestamp")]
+        self._ensure_finalizers(bodies)
         now = self.clock()
         observed = [scheduledtasks.ObservedTask.from_body(body) for body in bodies]
         plans = [self._plan(item, pools, now) for item in observed]
         plans = self._apply_entries(observed, plans, now)
-        for body, item, plan in zip(bodies, observed, plans, strict=True):
-            self._write_status(body, item, plan, now)
+        jobs = [
+            self.writers.submit(self._write_status, body, item, plan, now)
+            for body, item, plan in zip(bodies, observed, plans, strict=True)
+        ]
+        for job in jobs:
+            job.result()
 
     def _plan(
         self, item: scheduledtasks.ObservedTask, pools: Pools, now: dt.datetime
@@ -197,6 +229,27 @@ class ScheduledTaskReconciler:
     def forget(self, namespace: str, name: str) -> None:
         self.store.delete([contract.object_key(namespace, name)])
 
+    def _finalize(self, bodies: Sequence[Mapping[str, Any]]) -> None:
+        """The entry goes before the object does: delete it, then release the object."""
+        mine = [b for b in bodies if FINALIZER in (b["metadata"].get("finalizers") or [])]
+        if not mine:
+            return
+        self.store.delete(
+            [contract.object_key(b["metadata"]["namespace"], b["metadata"]["name"]) for b in mine]
+        )
+        for body in mine:
+            meta = body["metadata"]
+            self.kube.remove_finalizer("scheduledtasks", meta["namespace"], meta["name"], FINALIZER)
+
+    def _ensure_finalizers(self, bodies: Sequence[Mapping[str, Any]]) -> None:
+        # Normally the mutating webhook added it at creation.
+        for body in bodies:
+            meta = body["metadata"]
+            if FINALIZER not in (meta.get("finalizers") or []):
+                self.kube.add_finalizer(
+                    "scheduledtasks", meta["namespace"], meta["name"], FINALIZER
+                )
+
 
 @dataclass
 class RunStatusWriter:
@@ -238,19 +291,135 @@ class RunStatusWriter:
 
 
 @dataclass
+class PoolMemory:
+    """What the operator keeps per pool between polls (rebuilt after a restart)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    scaler: autoscaler.ScalerState = field(default_factory=autoscaler.ScalerState)
+    slots: workerpools.NextSlots = field(default_factory=workerpools.NextSlots)
+    written: ObservedDeployment | None = None  # the Deployment as our last write returned it
+    status: dict[str, Any] = field(default_factory=dict)  # every status field we wrote
+
+
+@dataclass
 class WorkerPoolReconciler:
+    """Owns each pool's Deployment: observe, plan (the autoscaler included), converge, status.
+
+    The pool's daemon calls it every pollSeconds and the event handler on spec
+    changes; a lock per pool serializes the two. Returns the next poll interval.
+    """
+
     kube: KubeApi
     clock: Clock
+    probe: BacklogProbe | None = None
+    memory: dict[str, PoolMemory] = field(default_factory=dict)
+    guard: threading.Lock = field(default_factory=threading.Lock)
 
-    def reconcile(self, body: Mapping[str, Any]) -> None:
+    def reconcile(
+        self,
+        body: Mapping[str, Any],
+        slots: Iterable[Mapping[str, Any]] = (),
+        deployments: Mapping[tuple[str, str], ObservedDeployment] | None = None,
+    ) -> float:
+        """`slots`: `workerpools.slot_source` of the pool's tasks; `deployments`: the index."""
         observed = workerpools.ObservedPool.from_body(body)
-        now = self.clock()
-        plan = workerpools.plan_worker_pool(observed, now)
-        changes = scheduledtasks.status_changes(observed.status, plan.status, now)
-        if changes and self.kube.patch_status(
-            "workerpools", observed.namespace, observed.name, changes
+        memory = self._memory(observed.uid)
+        with memory.lock:
+            # The operator is the only writer of pool status, and the body may
+            # predate its last write (the watch event of it is still on the way).
+            observed = replace(observed, status={**observed.status, **memory.status})
+            now = self.clock()
+            world = self._observe(observed, memory, slots, deployments, now)
+            plan = workerpools.plan_worker_pool(observed, now, world)
+            plan = self._converge(observed, memory, world, plan, now)
+            memory.scaler = plan.scaler
+            changes = scheduledtasks.status_changes(observed.status, plan.status, now)
+            if not changes or self.kube.patch_status(
+                "workerpools", observed.namespace, observed.name, changes
+            ):
+                memory.status.update(changes)
+                post_events(self.kube, body, plan.events)
+        return plan.poll_seconds
+
+    def forget(self, uid: str) -> None:
+        with self.guard:
+            self.memory.pop(uid, None)
+
+    def _memory(self, uid: str) -> PoolMemory:
+        with self.guard:
+            return self.memory.setdefault(uid, PoolMemory())
+
+    def _observe(
+        self,
+        observed: workerpools.ObservedPool,
+        memory: PoolMemory,
+        slots: Iterable[Mapping[str, Any]],
+        deployments: Mapping[tuple[str, str], ObservedDeployment] | None,
+        now: dt.datetime,
+    ) -> workerpools.PoolWorld:
+        sample, error = None, ""
+        if self.probe is not None:
+            try:
+                sample = self.probe.measure(
+                    contract.queue_name(observed.namespace, observed.name), now
+                )
+            except redis.RedisError as failure:
+                error = str(failure)
+        return workerpools.PoolWorld(
+            deployment=self._deployment(observed, memory, deployments),
+            backlog=sample,
+            backlog_error=error,
+            upcoming=memory.slots.earliest(slots, now),
+            scaler=memory.scaler,
+        )
+
+    def _deployment(
+        self,
+        observed: workerpools.ObservedPool,
+        memory: PoolMemory,
+        deployments: Mapping[tuple[str, str], ObservedDeployment] | None,
+    ) -> ObservedDeployment | None:
+        name = deployment_name(observed.name)
+        if deployments is None:
+            found = self.kube.get_deployment(observed.namespace, name)
+            return ObservedDeployment.from_body(found) if found else None
+        indexed = deployments.get((observed.namespace, name))
+        written = memory.written
+        # The index follows a watch: just after a write it may still hold the older object.
+        if (
+            indexed is not None
+            and written is not None
+            and (written.uid, written.name) == (indexed.uid, indexed.name)
+            and written.generation > indexed.generation
         ):
-            post_events(self.kube, body, plan.events)
+            return written
+        return indexed
+
+    def _converge(
+        self,
+        observed: workerpools.ObservedPool,
+        memory: PoolMemory,
+        world: workerpools.PoolWorld,
+        plan: workerpools.PoolPlan,
+        now: dt.datetime,
+    ) -> workerpools.PoolPlan:
+        if plan.action == "create" and plan.deployment is not None:
+            created = self.kube.create_deployment(observed.namespace, plan.deployment)
+            if created is not None:
+                memory.written = ObservedDeployment.from_body(created)
+                return plan
+            # One of that name exists (not in the index: not ours, or not labelled): look.
+            found = self.kube.get_deployment(
+                observed.namespace, plan.deployment["metadata"]["name"]
+            )
+            seen = ObservedDeployment.from_body(found) if found else None
+            plan = workerpools.plan_worker_pool(observed, now, replace(world, deployment=seen))
+            if plan.action == "create":
+                raise kopf.TemporaryError("the Deployment vanished while it was created", delay=1)
+        if plan.action == "apply" and plan.deployment is not None:
+            applied = self.kube.apply_deployment(observed.namespace, plan.deployment)
+            memory.written = ObservedDeployment.from_body(applied)
+        return plan
 
 
 @dataclass
@@ -264,6 +433,7 @@ class Runtime:
     scheduled_tasks: ScheduledTaskReconciler
     run_status: RunStatusWriter
     worker_pools: WorkerPoolReconciler
+    backlog: BacklogProbe
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -279,6 +449,7 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
     store = RedbeatStore(client, settings.redbeat_prefix)
     records = RunRecordStream(client)
     publisher = RunPublisher(settings, client)
+    probe = BacklogProbe(client)
     return Runtime(
         settings=settings,
         kube=kube,
@@ -288,6 +459,7 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
         clock=clock,
         scheduled_tasks=ScheduledTaskReconciler(kube, store, publisher, clock),
         run_status=RunStatusWriter(kube, clock),
-        worker_pools=WorkerPoolReconciler(kube, clock),
+        worker_pools=WorkerPoolReconciler(kube, clock, probe),
+        backlog=probe,
         closers=[kube.client.close, client.close],
     )

@@ -160,7 +160,11 @@ def _events(
     events: list[Event] = []
     if health.state == "stalled" and (changed or not stalled_before):
         events.append(Event("Warning", health.reason, health.message))
-    if health.state == "ready" and spec is not None and changed:
+    # A new object gets no event (as a CronJob): at thousands of objects one
+    # event each would double the apiserver's writes. Edits and recoveries do.
+    seen_before = was["Ready"] is not None
+    recovered = seen_before and was["Ready"] is not None and not was["Ready"].is_true
+    if health.state == "ready" and spec is not None and seen_before and (changed or recovered):
         if spec.suspend:
             events.append(Event("Normal", "Suspended", "new runs are suspended"))
         else:

@@ -1,26 +1,55 @@
-"""The WorkerPool planner: spec + observed state + now -> desired status.
+"""The WorkerPool planner: spec + observed Deployment + backlog + now -> desired state.
 
-Pure. The Deployment and autoscaling parts arrive with the pool's own issue;
-this part validates the spec and reports health and the pool's queue.
+Pure. The reconciler (`runtime.WorkerPoolReconciler`) hands in the pool as the
+apiserver has it and a `PoolWorld`: the pool's Deployment (None when there is
+none), a backlog sample (None when Redis could not be read), the next slot of a
+ScheduledTask that targets the pool, and the autoscaler's memory. The plan says
+whether to create or apply the Deployment, and carries the whole status, the
+events and the autoscaler's new memory. The order is sample-controller's: a
+Deployment of that name that the pool does not own is left alone (Stalled,
+a Warning event once), otherwise it is converged and status is rebuilt.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from beatkeeper import contract
-from beatkeeper.api.validation import InvalidSpec, parse_worker_pool
+from beatkeeper import contract, schedules
+from beatkeeper.api.base import Condition
+from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_worker_pool
 from beatkeeper.api.workerpool import WorkerPoolSpec
-from beatkeeper.operator.conditions import Event, Health, find, health_conditions, parse_conditions
+from beatkeeper.operator import autoscaler
+from beatkeeper.operator.autoscaler import BacklogSample, ScalerState, Upcoming
+from beatkeeper.operator.conditions import (
+    Event,
+    Health,
+    condition,
+    find,
+    health_conditions,
+    parse_conditions,
+)
+from beatkeeper.operator.deployments import (
+    SPEC_HASH_ANNOTATION,
+    ObservedDeployment,
+    PoolRef,
+    build_worker_deployment,
+    selector,
+)
+from beatkeeper.operator.scheduledtasks import schedule_spec
+
+MANUAL_POLL_SECONDS = 1.0  # without autoscaling, status still follows the Deployment
+STALLED_POLL_SECONDS = 5.0
+Action = Literal["create", "apply", "none"]
 
 
 @dataclass(frozen=True)
 class ObservedPool:
     namespace: str
     name: str
+    uid: str
     generation: int
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
@@ -31,10 +60,26 @@ class ObservedPool:
         return cls(
             namespace=meta["namespace"],
             name=meta["name"],
+            uid=str(meta.get("uid", "")),
             generation=int(meta.get("generation", 0)),
             spec=body.get("spec") or {},
             status=body.get("status") or {},
         )
+
+    @property
+    def ref(self) -> PoolRef:
+        return PoolRef(self.namespace, self.name, self.uid)
+
+
+@dataclass(frozen=True)
+class PoolWorld:
+    """What the reconciler observed besides the pool itself."""
+
+    deployment: ObservedDeployment | None = None
+    backlog: BacklogSample | None = None
+    backlog_error: str = ""
+    upcoming: Upcoming | None = None
+    scaler: ScalerState = field(default_factory=ScalerState)
 
 
 @dataclass(frozen=True)
@@ -43,22 +88,31 @@ class PoolPlan:
     health: Health
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
+    action: Action = "none"
+    deployment: dict[str, Any] | None = None  # the desired Deployment (None: leave it)
+    scaler: ScalerState = field(default_factory=ScalerState)
+    poll_seconds: float = STALLED_POLL_SECONDS
+
+
+@dataclass(frozen=True)
+class Scaling:
+    replicas: int
+    backlog: int | None
+    active: int | None
+    reason: str
+    limit: autoscaler.Limit | None = None
+    scaler: ScalerState = field(default_factory=ScalerState)
 
 
 def _stalled_event(observed: ObservedPool, health: Health) -> list[Event]:
     previous = find(parse_conditions(observed.status.get("conditions")), "Stalled")
     changed = observed.status.get("observedGeneration") != observed.generation
-    if changed or previous is None or not previous.is_true:
+    if changed or previous is None or not previous.is_true or previous.reason != health.reason:
         return [Event("Warning", health.reason, health.message)]
     return []
 
 
-def plan_worker_pool(observed: ObservedPool, now: dt.datetime) -> PoolPlan:
-    try:
-        spec: WorkerPoolSpec | None = parse_worker_pool(observed.spec)
-        health = Health.ready("Accepted", "the pool's spec is valid")
-    except InvalidSpec as error:
-        spec, health = None, Health.stalled("InvalidSpec", str(error))
+def _stalled(observed: ObservedPool, health: Health, now: dt.datetime) -> PoolPlan:
     conditions = health_conditions(
         parse_conditions(observed.status.get("conditions")), health, observed.generation, now
     )
@@ -67,5 +121,227 @@ def plan_worker_pool(observed: ObservedPool, now: dt.datetime) -> PoolPlan:
         "conditions": [c.to_api() for c in conditions],
         "queue": contract.queue_name(observed.namespace, observed.name),
     }
-    events = _stalled_event(observed, health) if health.state == "stalled" else []
-    return PoolPlan(spec, health, status, events)
+    return PoolPlan(None, health, status, _stalled_event(observed, health))
+
+
+def _scaling(
+    spec: WorkerPoolSpec, world: PoolWorld, current: int, pods: int, now: dt.datetime
+) -> Scaling:
+    sample = world.backlog
+    policy = spec.autoscaling
+    if policy is None:
+        backlog = (
+            autoscaler.measure(sample, pods, spec.concurrency, spec.prefetch) if sample else None
+        )
+        reason = f"spec.replicas {current} -> {spec.replicas}"
+        return Scaling(spec.replicas, backlog, sample.active if sample else None, reason)
+    if sample is None:  # keep what runs, within the bounds, until Redis answers again
+        kept = min(max(current, policy.min_replicas), policy.max_replicas)
+        return Scaling(kept, None, None, f"bounds [{policy.min_replicas}, {policy.max_replicas}]")
+    decision = autoscaler.decide(
+        policy,
+        concurrency=spec.concurrency,
+        prefetch=spec.prefetch,
+        sample=sample,
+        current=current,
+        pods=pods,
+        upcoming=world.upcoming,
+        state=world.scaler,
+        now=now,
+    )
+    return Scaling(
+        decision.replicas,
+        decision.backlog,
+        decision.active,
+        decision.reason,
+        decision.limit,
+        decision.state,
+    )
+
+
+def _action(dep: ObservedDeployment | None, manifest: Mapping[str, Any], replicas: int) -> Action:
+    if dep is None:
+        return "create"
+    wanted = manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+    return "apply" if dep.spec_hash != wanted or dep.replicas != replicas else "none"
+
+
+def _health(
+    spec: WorkerPoolSpec, dep: ObservedDeployment | None, manifest: Mapping[str, Any], replicas: int
+) -> Health:
+    name = manifest["metadata"]["name"]
+    if dep is None:
+        return Health.reconciling("Creating", f"creating Deployment {name}")
+    ready = f"{dep.ready_replicas}/{replicas} replicas ready"
+    if dep.spec_hash != manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
+        return Health.reconciling("Updating", f"applying the new pod template; {ready}")
+    if not dep.rolled_out:
+        return Health.reconciling("RollingOut", f"Deployment {name} is rolling out; {ready}")
+    if replicas != dep.replicas or (dep.status_replicas, dep.ready_replicas) != (replicas,) * 2:
+        return Health.reconciling("Scaling", ready)
+    if replicas == 0:
+        why = "until work arrives" if spec.autoscaling else "as spec.replicas says"
+        return Health.ready("ScaledToZero", f"no replicas {why}")
+    return Health.ready("ReplicasReady", ready)
+
+
+def _limited(observed: ObservedPool, scaling: Scaling, now: dt.datetime) -> list[Condition]:
+    if scaling.limit is None:
+        return []
+    previous = find(parse_conditions(observed.status.get("conditions")), "ScalingLimited")
+    limit = scaling.limit
+    return [
+        condition(
+            previous,
+            kind="ScalingLimited",
+            status="True" if limit.limited else "False",
+            reason=limit.reason,
+            message=limit.message,
+            generation=observed.generation,
+            now=now,
+        )
+    ]
+
+
+def _format_time(instant: dt.datetime) -> str:
+    return instant.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _status(
+    observed: ObservedPool,
+    *,
+    dep: ObservedDeployment | None,
+    scaling: Scaling,
+    current: int,
+    conditions: list[Condition],
+    now: dt.datetime,
+) -> dict[str, Any]:
+    scaled = scaling.replicas != current
+    previous = observed.status
+    return {
+        "observedGeneration": observed.generation,
+        "conditions": [c.to_api() for c in conditions],
+        "queue": contract.queue_name(observed.namespace, observed.name),
+        "replicas": dep.status_replicas if dep else 0,
+        "readyReplicas": dep.ready_replicas if dep else 0,
+        "desiredReplicas": scaling.replicas,
+        "backlog": previous.get("backlog", 0) if scaling.backlog is None else scaling.backlog,
+        "active": previous.get("active", 0) if scaling.active is None else scaling.active,
+        "lastScaleTime": _format_time(now) if scaled else previous.get("lastScaleTime"),
+        "selector": selector(observed.name),
+    }
+
+
+def plan_worker_pool(
+    observed: ObservedPool, now: dt.datetime, world: PoolWorld | None = None
+) -> PoolPlan:
+    world = world or PoolWorld()
+    try:
+        spec = parse_worker_pool(observed.spec)
+    except InvalidSpec as error:
+        return _stalled(observed, Health.stalled("InvalidSpec", str(error)), now)
+    dep = world.deployment
+    if dep is not None and not dep.owned_by(observed.uid):
+        why = (
+            f"Deployment {dep.name} exists and is not owned by this WorkerPool; it is left "
+            "alone: delete or rename it, or give the pool another name"
+        )
+        return _stalled(observed, Health.stalled("DeploymentConflict", why), now)
+    current = dep.replicas if dep else 0
+    scaling = _scaling(spec, world, current, dep.status_replicas if dep else 0, now)
+    manifest = build_worker_deployment(observed.ref, spec, scaling.replicas)
+    action = _action(dep, manifest, scaling.replicas)
+    health = _health(spec, dep, manifest, scaling.replicas)
+    if spec.autoscaling is not None and world.backlog is None:
+        why = world.backlog_error or "no sample yet"
+        health = Health.reconciling("BacklogUnknown", f"the backlog cannot be read: {why}")
+    conditions = health_conditions(
+        parse_conditions(observed.status.get("conditions")),
+        health,
+        observed.generation,
+        now,
+        extra=_limited(observed, scaling, now),
+    )
+    events = [Event("Normal", "Scaled", scaling.reason)] if scaling.replicas != current else []
+    return PoolPlan(
+        spec=spec,
+        health=health,
+        status=_status(
+            observed, dep=dep, scaling=scaling, current=current, conditions=conditions, now=now
+        ),
+        events=events,
+        action=action,
+        deployment=manifest if action != "none" else None,
+        scaler=scaling.scaler,
+        poll_seconds=(spec.autoscaling.poll_seconds if spec.autoscaling else MANUAL_POLL_SECONDS),
+    )
+
+
+# Pre-warm: the next slot of the ScheduledTasks that target a pool.
+
+SLOT_FIELDS = ("schedule", "every", "at", "timeZone", "suspend")
+
+
+def slot_source(
+    namespace: str, name: str, meta: Mapping[str, Any], spec: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The little of a ScheduledTask that fixes its slots (an index value, kept small)."""
+    task = spec.get("task")
+    return {
+        "key": contract.object_key(namespace, name),
+        "uid": str(meta.get("uid", "")),
+        "generation": int(meta.get("generation") or 0),
+        "created": meta.get("creationTimestamp"),
+        "spec": {
+            **{key: spec[key] for key in SLOT_FIELDS if key in spec},
+            "workerPool": spec.get("workerPool"),
+            "task": {"name": task.get("name")} if isinstance(task, Mapping) else task,
+        },
+    }
+
+
+def _schedule(source: Mapping[str, Any]) -> schedules.Schedule | None:
+    try:
+        spec = parse_scheduled_task(source["spec"])
+        created = dt.datetime.fromisoformat(str(source["created"]).replace("Z", "+00:00"))
+    except (InvalidSpec, ValueError):
+        return None
+    return None if spec.suspend else schedule_spec(spec, created.astimezone(dt.UTC)).build()
+
+
+@dataclass
+class _Slot:
+    generation: int
+    schedule: schedules.Schedule | None
+    next: dt.datetime | None = None
+
+
+@dataclass
+class NextSlots:
+    """The earliest upcoming slot among one pool's ScheduledTasks.
+
+    Schedules are parsed once per object generation and each next slot is
+    computed once, when the previous one passes; a poll costs a dict lookup
+    per task. Objects no longer listed are forgotten.
+    """
+
+    cache: dict[str, _Slot] = field(default_factory=dict)
+
+    def earliest(self, sources: Iterable[Mapping[str, Any]], now: dt.datetime) -> Upcoming | None:
+        best: Upcoming | None = None
+        seen: dict[str, _Slot] = {}
+        for source in sources:
+            slot = self._slot(source, now)
+            seen[source["uid"]] = slot
+            if slot.next is not None and (best is None or slot.next < best.at):
+                best = Upcoming(slot.next, source["key"])
+        self.cache = seen
+        return best
+
+    def _slot(self, source: Mapping[str, Any], now: dt.datetime) -> _Slot:
+        slot = self.cache.get(source["uid"])
+        if slot is None or slot.generation != source["generation"]:
+            slot = _Slot(source["generation"], _schedule(source))
+        if slot.schedule is not None and (slot.next is None or slot.next <= now):
+            slot.next = slot.schedule.next_after(now)
+        return slot

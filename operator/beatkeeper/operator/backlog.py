@@ -1,0 +1,126 @@
+"""The backlog adapter: what waits for one pool, measured in Redis in one round trip.
+
+Kombu's Redis transport keeps a queue as one list per priority level (the
+queue's name for priority 0, `<queue>\\x06\\x16<n>` for the others: kombu's
+`_q_for_pri`), and moves each delivered message into the `unacked` hash (JSON
+`[message, exchange, routing_key]`) until it is acked. Beatkeeper's worker
+adds the leases set (runs running now) and the delayed-retries set of each
+queue (docs/redis-data-model.md).
+
+Per pool, one pipeline reads every priority list, the leases and the retries.
+The `unacked` hash is shared by every queue of the Redis and not indexed by
+queue, so counting one queue's entries means reading all of them. A Lua
+script does it server-side and returns only a count per routing key (no
+message crosses the network), and its result serves every pool for
+`tally_max_age` seconds: the cost is one scan of the hash per period for the
+whole operator, not one per pool and poll. The hash stays small anyway: a
+worker holds at most concurrency x prefetch unacked messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from beatkeeper.operator.autoscaler import BacklogSample, Upcoming
+from beatkeeper_worker import keys
+
+PRIORITY_SEP = "\x06\x16"
+# kombu maps a message's priority onto its priority_steps (default 0, 3, 6, 9);
+# a transport configured with other steps may use any of 1..9.
+PRIORITIES = range(1, 10)
+UNACKED = "unacked"
+
+# Entries end with `, "<exchange>", "<routing key>"]`; only the tail is read.
+_TALLY = """
+local counts = {}
+for _, entry in ipairs(redis.call('HVALS', KEYS[1])) do
+  local queue = string.match(string.sub(entry, -600), '"([^"]*)"%s*%]%s*$')
+  if queue then counts[queue] = (counts[queue] or 0) + 1 end
+end
+local flat = {}
+for queue, n in pairs(counts) do
+  flat[#flat + 1] = queue
+  flat[#flat + 1] = n
+end
+return flat
+"""
+
+
+def queue_lists(queue: str) -> list[str]:
+    """Every list kombu may keep the queue's messages in."""
+    return [queue, *(f"{queue}{PRIORITY_SEP}{n}" for n in PRIORITIES)]
+
+
+def _retry_upcoming(entries: list[tuple[bytes, float]]) -> Upcoming | None:
+    if not entries:
+        return None
+    member, score = entries[0]
+    try:
+        run = str(json.loads(member).get("run_id", "a run"))
+    except (ValueError, AttributeError):
+        run = "a run"
+    return Upcoming(dt.datetime.fromtimestamp(score / 1000, dt.UTC), f"retry of {run}")
+
+
+class BacklogProbe:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        tally_max_age: float = 0.5,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.tally_max_age = tally_max_age
+        self._monotonic = monotonic
+        self._script = client.register_script(_TALLY)
+        self._lock = threading.Lock()
+        self._tally: dict[str, int] = {}
+        self._tallied_at: float | None = None
+
+    def measure(self, queue: str, now: dt.datetime) -> BacklogSample:
+        """Queued, unacked, leased and due-retry counts of `queue`; raises redis.RedisError."""
+        lists = queue_lists(queue)
+        refresh = self._tally_stale()
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in lists:
+                pipe.llen(key)
+            pipe.zcard(keys.leases_key(queue))
+            pipe.zcount(keys.retries_key(queue), "-inf", int(now.timestamp() * 1000))
+            pipe.zrange(keys.retries_key(queue), 0, 0, withscores=True)
+            if refresh:
+                self._script(keys=[UNACKED], client=pipe)
+            results = pipe.execute()
+        if refresh:
+            self._store_tally(results[-1])
+        lengths, rest = results[: len(lists)], results[len(lists) :]
+        return BacklogSample(
+            queued=sum(int(n) for n in lengths),
+            unacked=self._unacked(queue),
+            active=int(rest[0]),
+            retries_due=int(rest[1]),
+            next_retry=_retry_upcoming(rest[2]),
+        )
+
+    def _tally_stale(self) -> bool:
+        with self._lock:
+            last = self._tallied_at
+        return last is None or self._monotonic() - last >= self.tally_max_age
+
+    def _store_tally(self, flat: list[bytes | int]) -> None:
+        tally = {
+            (name.decode() if isinstance(name, bytes) else str(name)): int(count)
+            for name, count in zip(flat[::2], flat[1::2], strict=True)
+        }
+        with self._lock:
+            self._tally, self._tallied_at = tally, self._monotonic()
+
+    def _unacked(self, queue: str) -> int:
+        with self._lock:
+            return self._tally.get(queue, 0)

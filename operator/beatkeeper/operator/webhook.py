@@ -1,0 +1,219 @@
+"""The admission webhook server: validation for both kinds, the finalizer on create.
+
+It runs in its own threads, beside kopf's event loop rather than on it: under a
+burst of thousands of objects the loop is busy with watch events, and
+`kubectl apply` must not wait behind them (with kopf's webhook server, 1,000
+creates took five times longer). Reviews are the pure functions of
+`beatkeeper.operator.admission`; this module only speaks AdmissionReview v1.
+
+Paths: `/scheduledtask` and `/workerpool` (validating), `/finalizer`
+(mutating: adds Beatkeeper's finalizer to a new ScheduledTask, so no extra
+write per object is needed later). In local mode the server also creates the
+Validating/MutatingWebhookConfiguration `beatkeeper.dev` pointing at
+https://127.0.0.1:PORT and deletes them on exit; in a cluster the chart ships
+them pointing at the webhook Service. Failure policy is Ignore: while the
+operator is down, objects are admitted and an invalid one is marked Stalled.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from beatkeeper.api.base import GROUP, VERSION
+from beatkeeper.operator import admission
+
+logger = logging.getLogger(__name__)
+
+NAME = GROUP  # the webhook configurations' name
+FINALIZER = f"{GROUP}/finalizer"
+Pools = Callable[[], Mapping[tuple[str, str], Mapping[str, Any]]]
+
+
+def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    return None if obj is None else obj.get("spec")
+
+
+def review_scheduled_task(request: Mapping[str, Any], pools: Pools) -> dict[str, Any]:
+    obj = request.get("object") or {}
+    message = admission.review_scheduled_task(
+        request.get("operation"),
+        str(request.get("namespace") or obj.get("metadata", {}).get("namespace", "")),
+        _spec(obj),
+        _spec(request.get("oldObject")),
+        pools(),
+    )
+    return _verdict(message)
+
+
+def review_worker_pool(request: Mapping[str, Any], _pools: Pools) -> dict[str, Any]:
+    message = admission.review_worker_pool(
+        request.get("operation"),
+        _spec(request.get("object")),
+        _spec(request.get("oldObject")),
+    )
+    return _verdict(message)
+
+
+def add_finalizer(request: Mapping[str, Any], _pools: Pools) -> dict[str, Any]:
+    meta = (request.get("object") or {}).get("metadata") or {}
+    finalizers = list(meta.get("finalizers") or [])
+    if FINALIZER in finalizers:
+        return {"allowed": True}
+    operation = (
+        {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
+        if finalizers
+        else {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
+    )
+    patch = base64.b64encode(json.dumps([operation]).encode()).decode()
+    return {"allowed": True, "patchType": "JSONPatch", "patch": patch}
+
+
+def _verdict(message: str | None) -> dict[str, Any]:
+    if message is None:
+        return {"allowed": True}
+    return {"allowed": False, "status": {"code": 422, "reason": "Invalid", "message": message}}
+
+
+REVIEWS: dict[str, Callable[[Mapping[str, Any], Pools], dict[str, Any]]] = {
+    "/scheduledtask": review_scheduled_task,
+    "/workerpool": review_worker_pool,
+    "/finalizer": add_finalizer,
+}
+
+
+def respond(path: str, review: Mapping[str, Any], pools: Pools) -> dict[str, Any]:
+    """The AdmissionReview answer for one request body."""
+    request = review.get("request") or {}
+    handler = REVIEWS.get(path.split("?", maxsplit=1)[0])
+    if handler is None:
+        answer: dict[str, Any] = {"allowed": True}
+    else:
+        answer = handler(request, pools)
+    answer["uid"] = request.get("uid", "")
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": answer}
+
+
+def _handler_class(pools: Pools) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the apiserver reuses connections
+        # One buffered write per response: headers and body sent apart meet
+        # Nagle's algorithm and delayed ACKs, 40 ms each (measured: 96 ms a create).
+        wbufsize = 64 * 1024
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            try:
+                review = json.loads(self.rfile.read(length))
+                body = json.dumps(respond(self.path, review, pools)).encode()
+                status = 200
+            except (ValueError, TypeError) as error:
+                body, status = str(error).encode(), 400
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("webhook: " + format, *args)
+
+    return Handler
+
+
+@dataclass
+class AdmissionServer:
+    """HTTPS on `listen:port` in daemon threads; `port` 0 picks a free one."""
+
+    listen: str
+    port: int
+    certfile: Path
+    keyfile: Path
+    pools: Pools
+
+    def start(self) -> int:
+        self.server = ThreadingHTTPServer((self.listen, self.port), _handler_class(self.pools))
+        self.server.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(self.certfile), str(self.keyfile))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="webhook", daemon=True
+        )
+        self.thread.start()
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _rules(resource: str, operations: list[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiGroups": [GROUP],
+            "apiVersions": [VERSION],
+            "resources": [resource],
+            "operations": operations,
+            "scope": "Namespaced",
+        }
+    ]
+
+
+def _webhook(name: str, url: str, ca_bundle: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": f"{name}.{GROUP}",
+        "clientConfig": {"url": url, "caBundle": ca_bundle},
+        "rules": rules,
+        "failurePolicy": "Ignore",
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 10,
+        "matchPolicy": "Equivalent",
+    }
+
+
+def build_configurations(base_url: str, ca_pem: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Validating and Mutating WebhookConfiguration for a URL-reachable server."""
+    ca = base64.b64encode(ca_pem).decode()
+    validating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": NAME},
+        "webhooks": [
+            _webhook(
+                "scheduledtask",
+                f"{base_url}/scheduledtask",
+                ca,
+                _rules("scheduledtasks", ["CREATE", "UPDATE"]),
+            ),
+            _webhook(
+                "workerpool",
+                f"{base_url}/workerpool",
+                ca,
+                _rules("workerpools", ["CREATE", "UPDATE"]),
+            ),
+        ],
+    }
+    mutating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": NAME},
+        "webhooks": [
+            {
+                **_webhook(
+                    "finalizer", f"{base_url}/finalizer", ca, _rules("scheduledtasks", ["CREATE"])
+                ),
+                "reinvocationPolicy": "Never",
+            }
+        ],
+    }
+    return validating, mutating
