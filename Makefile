@@ -62,8 +62,11 @@ lint: venv
 	$(BIN)/ruff format --check operator worker_image tests bench
 	$(BIN)/mypy
 
-demo: venv system-deps cluster-binary
-	$(BIN)/beatkeeper dev up $(if $(KUBECONFIG),--cluster $(KUBECONFIG))
+# DEMO_SECONDS=N bounds it; with KUBECONFIG set it uses that cluster instead of
+# starting a control plane (so the Go build is skipped too).
+demo: venv system-deps $(if $(KUBECONFIG),,cluster-binary)
+	@$(BIN)/beatkeeper demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS)) \
+		$(if $(KUBECONFIG),--cluster $(KUBECONFIG))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -64,6 +65,28 @@ def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from beatkeeper.devenv.demo import run_demo
+
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        _say(f"{time.monotonic() - started:6.1f} s  {message}")
+
+    install_stop_signals()
+    try:
+        run_demo(
+            settings.dev,
+            progress,
+            seconds=args.seconds,
+            external_kubeconfig=args.cluster or settings.dev.external_kubeconfig,
+        )
+    except _Stop as stop:
+        _say(f"{stop} while starting: stopped every process the demo started")
+        return 130
+    return 0
+
+
 def _operator(_args: argparse.Namespace, _settings: Settings) -> int:
     from beatkeeper.operator.main import run
 
@@ -116,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="cluster: just the control plane; infra: the control plane and Redis",
     )
     up.set_defaults(run=_dev_up)
+    demo = commands.add_parser(
+        "demo", help="the whole system live with the examples, then a summary (`make demo`)"
+    )
+    demo.add_argument(
+        "--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)"
+    )
+    demo.add_argument(
+        "--cluster",
+        type=Path,
+        metavar="KUBECONFIG",
+        help="use this existing cluster instead of starting a control plane",
+    )
+    demo.set_defaults(run=_demo)
     return parser
 
 
