@@ -37,6 +37,11 @@ def api_client() -> ApiClient:
     return ApiClient(configuration)
 
 
+def namespace_terminating(error: ApiException) -> bool:
+    """A create refused because the namespace is being deleted (403 NamespaceTerminating)."""
+    return error.status == 403 and "NamespaceTerminating" in str(error.body or "")
+
+
 class KubeApi:
     def __init__(self, client: ApiClient) -> None:
         self.client = client

@@ -22,6 +22,7 @@ from typing import Any
 
 import kopf
 import redis
+from kubernetes.client.exceptions import ApiException
 
 from beatkeeper import contract
 from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_worker_pool
@@ -30,7 +31,7 @@ from beatkeeper.operator import autoscaler, runstatus, scheduledtasks, webhook, 
 from beatkeeper.operator.backlog import BacklogProbe
 from beatkeeper.operator.conditions import Event
 from beatkeeper.operator.deployments import ObservedDeployment, deployment_name
-from beatkeeper.operator.kubeapi import KubeApi, api_client
+from beatkeeper.operator.kubeapi import KubeApi, api_client, namespace_terminating
 from beatkeeper.operator.runrecords import RunRecordStream
 from beatkeeper.operator.webhook import AdmissionServer
 from beatkeeper.pki import CertificateAuthority
@@ -331,7 +332,12 @@ class WorkerPoolReconciler:
             now = self.clock()
             world = self._observe(observed, memory, slots, deployments, now)
             plan = workerpools.plan_worker_pool(observed, now, world)
-            plan = self._converge(observed, memory, world, plan, now)
+            try:
+                plan = self._converge(observed, memory, world, plan, now)
+            except ApiException as error:
+                if namespace_terminating(error):  # the pool goes with it: nothing to do
+                    raise kopf.TemporaryError("the namespace is being deleted", delay=5) from None
+                raise
             memory.scaler = plan.scaler
             changes = scheduledtasks.status_changes(observed.status, plan.status, now)
             if not changes or self.kube.patch_status(
