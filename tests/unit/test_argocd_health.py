@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import yaml
 from lupa import lua51, lua54
+from pool_helpers import observed_deployment
 
 from beatkeeper.api.validation import parse_worker_pool
 from beatkeeper.operator import scheduledtasks, workerpools
-from beatkeeper.operator.deployments import ObservedDeployment, PoolRef, build_worker_deployment
+from beatkeeper.operator.deployments import PoolRef
 
 REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "gitops" / "argocd"
@@ -269,21 +270,6 @@ def test_planned_scheduled_task_status(
     assert health("ScheduledTask", planned_task(spec, pool_known=pool_known))[0] == expected
 
 
-def ready_deployment(spec: dict[str, Any]) -> ObservedDeployment:
-    """The pool's Deployment as the apiserver reports it once its replicas are ready."""
-    ref = PoolRef("team", "p", "uid-p")
-    body = build_worker_deployment(ref, parse_worker_pool(spec), spec["replicas"])
-    body["metadata"].update(uid="d-1", generation=1)
-    replicas = spec["replicas"]
-    body["status"] = {
-        "observedGeneration": 1,
-        "replicas": replicas,
-        "readyReplicas": replicas,
-        "updatedReplicas": replicas,
-    }
-    return ObservedDeployment.from_body(body)
-
-
 @pytest.mark.parametrize(
     ("spec", "deployed", "expected"),
     [
@@ -299,7 +285,9 @@ def test_planned_worker_pool_status(
     body = pool(None)
     body["metadata"]["uid"] = "uid-p"
     body["spec"] = spec
-    world = workerpools.PoolWorld(deployment=ready_deployment(spec) if deployed else None)
+    ref = PoolRef("team", "p", "uid-p")
+    deployment = observed_deployment(ref, spec, spec["replicas"]) if deployed else None
+    world = workerpools.PoolWorld(deployment=deployment)
     plan = workerpools.plan_worker_pool(workerpools.ObservedPool.from_body(body), NOW, world)
     body["status"] = plan.status
     assert health("WorkerPool", body)[0] == expected

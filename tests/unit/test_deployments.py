@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from pool_helpers import observed_deployment
 
 from beatkeeper.api.validation import parse_worker_pool
 from beatkeeper.operator.autoscaler import BacklogSample
@@ -218,17 +219,7 @@ def observed(
     spec: dict[str, Any] | None = None,
     owner: str = "uid-1",
 ) -> ObservedDeployment:
-    body = build_worker_deployment(REF, parse_worker_pool(spec or SPEC), replicas)
-    body["metadata"].update(uid="d-1", generation=3)
-    body["metadata"]["ownerReferences"][0]["uid"] = owner
-    ready = replicas if ready is None else ready
-    body["status"] = {
-        "observedGeneration": 3,
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "updatedReplicas": replicas,
-    }
-    return ObservedDeployment.from_body(body)
+    return observed_deployment(REF, spec or SPEC, replicas, ready, owner)
 
 
 def plan(
