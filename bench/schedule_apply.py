@@ -4,7 +4,9 @@ A real local control plane, Redis and the operator process (with its admission
 webhook). Objects are created by 8 client threads as fast as the apiserver takes
 them; each object's latency runs from the moment its create call returned to
 (a) its redbeat entry having a score and (b) `Ready=True` in its status. Then,
-optionally, the operator's resident memory with 10,000 objects.
+optionally, the operator's resident memory with 10,000 objects. The anchor: the
+same creates before the operator runs (no webhook, no watch), which is how
+long the apiserver itself takes on this machine.
 
     .venv/bin/python -m bench.schedule_apply [--objects 1000] [--memory-objects 10000]
 
@@ -42,16 +44,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def task(name: str) -> dict[str, Any]:
+def task(name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ScheduledTask",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"every": "1h", "workerPool": "p", "task": {"name": "beatkeeper.sleep"}},
     }
 
 
-def create_all(api: Any, names: list[str], rate: float = 0.0) -> dict[str, float]:
+def create_all(
+    api: Any, names: list[str], rate: float = 0.0, namespace: str = NAMESPACE
+) -> dict[str, float]:
     """Create every object, 8 at a time, or paced at `rate` per second when given."""
     created: dict[str, float] = {}
     lock = threading.Lock()
@@ -61,7 +65,9 @@ def create_all(api: Any, names: list[str], rate: float = 0.0) -> dict[str, float
         index, name = index_name
         if rate:
             time.sleep(max(0.0, start + index / rate - time.monotonic()))
-        api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, task(name))
+        api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, task(name, namespace)
+        )
         with lock:
             created[name] = time.time()
 
@@ -194,6 +200,20 @@ def prepare(env: Environment) -> Any:
     return kubernetes.client.CustomObjectsApi(client)
 
 
+def anchor_create_seconds(env: Environment, api: Any, count: int, rate: float) -> float:
+    """The same creates with no operator (no webhook, no watch): the apiserver's own floor.
+
+    Run before the operator starts, in a namespace deleted again before it does.
+    """
+    namespace = "bench-anchor"
+    kubectl(env.kubeconfig, "create", "namespace", namespace)
+    started = time.time()
+    created = create_all(api, [f"a{i:05d}" for i in range(count)], rate, namespace)
+    seconds = max(created.values()) - started
+    kubectl(env.kubeconfig, "delete", "namespace", namespace, "--timeout=300s")
+    return seconds
+
+
 def measure_memory(
     api: Any, client: redis.Redis, operator_pid: int, start: int, total: int, ready: ReadyWatch
 ) -> float:
@@ -214,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = DevSettings.from_env(os.environ)
     with local_environment(settings, redis=True) as env:
         api = prepare(env)
+        anchor_s = anchor_create_seconds(env, api, args.objects, args.rate)
         operator = start_operator(env)
         assert env.redis_url is not None
         client = redis.Redis.from_url(env.redis_url)
@@ -245,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "armed": len(armed),
         "ready": len(ready),
         "create_s": round(max(created.values()) - started, 2),
+        "anchor_create_s_no_operator": round(anchor_s, 2),
         "armed_p50_ms": round(statistics.median(armed_ms), 1),
         "armed_p99_ms": round(percentile(armed_ms, 0.99), 1),
         "ready_p50_ms": round(statistics.median(ready_ms), 1),

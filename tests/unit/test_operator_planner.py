@@ -9,6 +9,7 @@ import pytest
 
 from beatkeeper.api.validation import parse_worker_pool
 from beatkeeper.operator.conditions import Health, find, health_conditions, parse_conditions
+from beatkeeper.operator.indexes import reconcile_fingerprint
 from beatkeeper.operator.scheduledtasks import ObservedTask, plan_scheduled_task, status_changes
 from beatkeeper.operator.workerpools import ObservedPool, plan_worker_pool
 
@@ -188,3 +189,27 @@ def test_worker_pool_plan() -> None:
     stalled = plan_worker_pool(bad, NOW)
     assert stalled.health.state == "stalled"
     assert [e.reason for e in stalled.events] == ["InvalidSpec"]
+
+
+def test_reconcile_fingerprint_ignores_status_only_changes() -> None:
+    meta = {
+        "generation": 3,
+        "resourceVersion": "100",
+        "annotations": {"a": "1", "beatkeeper.dev/run-now": "t1"},
+        "finalizers": ["beatkeeper.dev/finalizer"],
+        "managedFields": [{"manager": "beatkeeper", "subresource": "status"}],
+    }
+    same = {
+        **meta,
+        "resourceVersion": "101",
+        "managedFields": [],
+        "annotations": {"beatkeeper.dev/run-now": "t1", "a": "1"},
+    }
+    assert reconcile_fingerprint(same) == reconcile_fingerprint(meta)
+    for changed in (
+        {"generation": 4},
+        {"annotations": {"a": "1", "beatkeeper.dev/run-now": "t2"}},
+        {"deletionTimestamp": "2026-03-07T12:00:00Z"},
+        {"finalizers": []},
+    ):
+        assert reconcile_fingerprint({**meta, **changed}) != reconcile_fingerprint(meta), changed

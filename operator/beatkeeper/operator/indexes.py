@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -59,3 +60,21 @@ def tasks_of_pool(
         for (task_namespace, _), body in list(tasks.items())
         if task_namespace == namespace and (body.get("spec") or {}).get("workerPool") == pool
     ]
+
+
+def reconcile_fingerprint(meta: Mapping[str, Any]) -> int:
+    """What of an object a ScheduledTask reconcile reads besides its status.
+
+    Spec changes bump `generation`; run-now tokens are annotations; deletion
+    and finalizers are metadata. A watch event that leaves all of them as
+    they were changed only status (mostly the operator's own writes) and
+    needs no reconcile: the resync still visits every object.
+    """
+    return hash(
+        (
+            meta.get("generation"),
+            json.dumps(meta.get("annotations") or {}, sort_keys=True),
+            meta.get("deletionTimestamp"),
+            tuple(meta.get("finalizers") or ()),
+        )
+    )

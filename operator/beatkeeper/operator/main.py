@@ -17,7 +17,12 @@ import kopf
 from beatkeeper.api.base import GROUP, VERSION
 from beatkeeper.operator import loops, workerpools
 from beatkeeper.operator.deployments import MANAGED_BY, MANAGED_BY_LABEL, ObservedDeployment
-from beatkeeper.operator.indexes import IndexView, snapshot, tasks_of_pool
+from beatkeeper.operator.indexes import (
+    IndexView,
+    reconcile_fingerprint,
+    snapshot,
+    tasks_of_pool,
+)
 from beatkeeper.operator.runtime import Admission, Runtime, build_runtime, start_admission
 from beatkeeper.settings import Settings
 
@@ -52,6 +57,7 @@ async def startup(
         start_admission, config, runtime.kube, lambda: pools
     )
     queue = memo["queue"] = loops.WorkQueue()
+    memo["reconciled_fingerprints"] = {}
     memo["loops"] = [
         asyncio.create_task(
             loops.reconcile_queued_forever(runtime, queue, tasks, pools), name="queue"
@@ -92,18 +98,32 @@ async def scheduledtask_bodies(
 
 @kopf.on.event(*ST)
 async def scheduled_task_event(
-    type: str | None, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any
+    *,
+    type: str | None,
+    namespace: str,
+    name: str,
+    uid: str,
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     """Only marks the object dirty: the work queue reconciles it (coalesced, batched).
 
     A deleting object is dirty too: its reconcile removes the entry, then our
     finalizer. DELETED (gone without our finalizer) removes the entry at once.
+    Events that changed only status are skipped (`reconcile_fingerprint`).
     """
     runtime: Runtime = memo["runtime"]
+    seen: dict[str, int] = memo["reconciled_fingerprints"]
     if type == "DELETED":
+        seen.pop(uid, None)
         await asyncio.to_thread(runtime.scheduled_tasks.forget, namespace, name)
         runtime.run_status.forget(uid)
         return
+    fingerprint = reconcile_fingerprint(meta)
+    if seen.get(uid) == fingerprint:
+        return
+    seen[uid] = fingerprint
     queue: loops.WorkQueue = memo["queue"]
     queue.add([(namespace, name)])
 
