@@ -14,10 +14,11 @@ PYTEST_ARGS ?=
 
 all: test
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the suite last passed with.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -54,7 +55,7 @@ test-e2e: venv system-deps cluster-binary helm
 
 # Needs a Docker engine: pytest-kind creates a kind cluster for the end-to-end tier.
 test-kind: venv system-deps
-	$(BIN)/python -m pip install -q -e '.[test,kind]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,kind]'
 	BEATKEEPER_KIND=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
