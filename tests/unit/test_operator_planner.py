@@ -9,7 +9,7 @@ import pytest
 
 from beatkeeper.api.validation import parse_worker_pool
 from beatkeeper.operator.conditions import Health, find, health_conditions, parse_conditions
-from beatkeeper.operator.indexes import reconcile_fingerprint
+from beatkeeper.operator.indexes import SpecGenerations, reconcile_fingerprint
 from beatkeeper.operator.scheduledtasks import ObservedTask, plan_scheduled_task, status_changes
 from beatkeeper.operator.workerpools import ObservedPool, plan_worker_pool
 
@@ -213,3 +213,13 @@ def test_reconcile_fingerprint_ignores_status_only_changes() -> None:
         {"finalizers": []},
     ):
         assert reconcile_fingerprint({**meta, **changed}) != reconcile_fingerprint(meta), changed
+
+
+def test_spec_generations_are_tracked_per_pool() -> None:
+    generations = SpecGenerations()
+    assert generations.changed("pool-a", 1)
+    assert generations.changed("pool-b", 1)  # another pool at the same generation
+    assert not generations.changed("pool-a", 1)  # a status write of pool a
+    assert generations.changed("pool-a", 2)
+    assert generations.changed("pool-b", None, deleted=True)
+    assert generations.changed("pool-b", 1)  # recreated under the same uid is still news

@@ -78,3 +78,23 @@ def reconcile_fingerprint(meta: Mapping[str, Any]) -> int:
             tuple(meta.get("finalizers") or ()),
         )
     )
+
+
+class SpecGenerations:
+    """The last spec generation acted on, per object uid.
+
+    A pool's tasks are requeued only when its spec changes, or the pool
+    arrives or goes; its status writes (every poll) change nothing for them.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int | None] = {}
+
+    def changed(self, uid: str, generation: int | None, *, deleted: bool = False) -> bool:
+        if deleted:
+            self._seen.pop(uid, None)
+            return True
+        if uid in self._seen and self._seen[uid] == generation:
+            return False
+        self._seen[uid] = generation
+        return True

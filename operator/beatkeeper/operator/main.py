@@ -19,6 +19,7 @@ from beatkeeper.operator import loops, workerpools
 from beatkeeper.operator.deployments import MANAGED_BY, MANAGED_BY_LABEL, ObservedDeployment
 from beatkeeper.operator.indexes import (
     IndexView,
+    SpecGenerations,
     reconcile_fingerprint,
     snapshot,
     tasks_of_pool,
@@ -58,6 +59,7 @@ async def startup(
     )
     queue = memo["queue"] = loops.WorkQueue()
     memo["reconciled_fingerprints"] = {}
+    memo["pool_generations"] = SpecGenerations()
     memo["loops"] = [
         asyncio.create_task(
             loops.reconcile_queued_forever(runtime, queue, tasks, pools), name="queue"
@@ -162,10 +164,10 @@ def worker_pool_event(
         runtime.worker_pools.forget(body.metadata.uid)
     # The pool's tasks may have been waiting for it, or must stop now; only a
     # new spec (or the pool's arrival or removal) can change that, not its status.
-    generation = None if type == "DELETED" else body.metadata.get("generation")
-    if memo.get("tasks_reconciled_for") == generation:
+    generations: SpecGenerations = memo["pool_generations"]
+    deleted = type == "DELETED"
+    if not generations.changed(body.metadata.uid, body.metadata.get("generation"), deleted=deleted):
         return
-    memo["tasks_reconciled_for"] = generation
     tasks = tasks_of_pool(
         IndexView(scheduledtask_bodies), body.metadata.namespace, body.metadata.name
     )
@@ -173,7 +175,7 @@ def worker_pool_event(
     queue.add_threadsafe(
         (task["metadata"]["namespace"], task["metadata"]["name"]) for task in tasks
     )
-    if type != "DELETED" and not body.metadata.get("deletionTimestamp"):
+    if not deleted and not body.metadata.get("deletionTimestamp"):
         slots = scheduledtask_slots.get((body.metadata.namespace, body.metadata.name), ())
         runtime.worker_pools.reconcile(body, list(slots), IndexView(worker_deployments))
 
