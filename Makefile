@@ -15,10 +15,11 @@ PYTEST_ARGS ?=
 all: test
 
 # constraints.txt pins every package to the versions the suite last passed with.
-$(STAMP): pyproject.toml constraints.txt
+# Three distributions, installed editable: the core, the worker (with beat) and the operator.
+$(STAMP): pyproject.toml core/pyproject.toml worker_image/pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e ./core -e './worker_image[beat]' -e '.[test]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -59,8 +60,8 @@ test-kind: venv system-deps
 	BEATKEEPER_KIND=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check operator worker_image tests bench
-	$(BIN)/ruff format --check operator worker_image tests bench
+	$(BIN)/ruff check core operator worker_image tests bench
+	$(BIN)/ruff format --check core operator worker_image tests bench
 	$(BIN)/mypy
 
 # DEMO_SECONDS=N bounds it; with KUBECONFIG set it uses that cluster instead of

@@ -37,11 +37,11 @@ import kubernetes
 import redis
 from kubernetes.client import AppsV1Api
 
-from beatkeeper import contract
 from beatkeeper.devenv.environment import Environment, local_environment
 from beatkeeper.devenv.kube import install_crds, kubectl
 from beatkeeper.devenv.system import start_system
-from beatkeeper.settings import DevSettings, WorkerSettings
+from beatkeeper_core import contract
+from beatkeeper_core.settings import DevSettings, WorkerSettings
 from beatkeeper_worker.app import create_app
 from beatkeeper_worker.publish import publish_runs
 

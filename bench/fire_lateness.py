@@ -27,10 +27,10 @@ from typing import Any
 
 import redis
 
-from beatkeeper import contract
 from beatkeeper.devenv.processes import Component, Supervisor, wait_until
 from beatkeeper.devenv.redis import start_redis
-from beatkeeper.redbeat import RedbeatStore
+from beatkeeper_core import contract
+from beatkeeper_core.redbeat import RedbeatStore
 
 REPO = Path(__file__).resolve().parents[1]
 OURS_QUEUE = "beatkeeper.bench.ours"

@@ -29,11 +29,11 @@ from typing import Any
 import kubernetes
 import redis
 
-from beatkeeper import contract
 from beatkeeper.devenv.environment import Environment, local_environment
 from beatkeeper.devenv.kube import install_crds, kubectl
 from beatkeeper.devenv.system import start_operator
-from beatkeeper.settings import DevSettings
+from beatkeeper_core import contract
+from beatkeeper_core.settings import DevSettings
 
 NAMESPACE = "bench"
 GROUP, VERSION, PLURAL = "beatkeeper.dev", "v1alpha1", "scheduledtasks"

@@ -41,10 +41,10 @@ from typing import Any
 import redis
 from celery import shared_task
 
-from beatkeeper.contract import RunEnvelope, RunPolicy, TaskCall, queue_name
 from beatkeeper.devenv.processes import Supervisor, wait_until
 from beatkeeper.devenv.redis import start_redis
-from beatkeeper.settings import WorkerSettings
+from beatkeeper_core.contract import RunEnvelope, RunPolicy, TaskCall, queue_name
+from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker.app import create_app
 from beatkeeper_worker.publish import publish_run
 

@@ -21,7 +21,7 @@ from beatkeeper.devenv.environment import Environment, local_environment
 from beatkeeper.devenv.kube import install_crds, kubectl
 from beatkeeper.devenv.processes import Supervisor
 from beatkeeper.devenv.redis import start_redis
-from beatkeeper.settings import DevSettings
+from beatkeeper_core.settings import DevSettings
 
 REPO = Path(__file__).resolve().parents[1]
 _TIERS = ("unit", "integration", "e2e")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from beatkeeper.settings import Settings
+from beatkeeper_core.settings import Settings
 
 
 class _Stop(Exception):

@@ -28,7 +28,7 @@ from e2e_helpers import apply, eventually, get_json
 
 from beatkeeper.devenv.helm import ensure_helm
 from beatkeeper.devenv.kube import kubectl
-from beatkeeper.settings import DevSettings
+from beatkeeper_core.settings import DevSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "beatkeeper"

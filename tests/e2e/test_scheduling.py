@@ -17,8 +17,8 @@ import pytest
 import redis
 from e2e_helpers import apply, condition, eventually, get_json
 
-from beatkeeper import contract
 from beatkeeper.devenv.kube import kubectl
+from beatkeeper_core import contract
 
 RESYNC = 2.0
 

@@ -21,9 +21,9 @@ import redis
 from e2e_helpers import apply, condition, eventually, get_json
 from kubernetes.client import AppsV1Api
 
-from beatkeeper import contract
 from beatkeeper.devenv.kube import kubectl
-from beatkeeper.settings import WorkerSettings
+from beatkeeper_core import contract
+from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker.app import create_app
 from beatkeeper_worker.publish import publish_runs
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis
 
-from beatkeeper import contract
 from beatkeeper.devenv.processes import Component, Supervisor
-from beatkeeper.redbeat import RedbeatStore
+from beatkeeper_core import contract
+from beatkeeper_core.redbeat import RedbeatStore
 
 
 def wait_for(check: Callable[[], Any], timeout: float, why: str) -> Any:

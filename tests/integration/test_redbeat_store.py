@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from beatkeeper import contract
-from beatkeeper.redbeat import Advance, Outcome, RedbeatStore
+from beatkeeper_core import contract
+from beatkeeper_core.redbeat import Advance, Outcome, RedbeatStore
 
 T0 = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from worker_helpers import Runs, Workers
 
-from beatkeeper.contract import RetryPolicy, RunState
+from beatkeeper_core.contract import RetryPolicy, RunState
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,7 +13,7 @@ import time
 import pytest
 from worker_helpers import Runs, Workers
 
-from beatkeeper.contract import RetryPolicy, RunState
+from beatkeeper_core.contract import RetryPolicy, RunState
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from worker_helpers import Runs, Workers
 
-from beatkeeper.contract import ConcurrencyPolicy, RetryPolicy, RunState
+from beatkeeper_core.contract import ConcurrencyPolicy, RetryPolicy, RunState
 
 pytestmark = pytest.mark.timeout(120)
 

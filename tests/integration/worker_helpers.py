@@ -21,7 +21,8 @@ from typing import Any
 
 import redis
 
-from beatkeeper.contract import (
+from beatkeeper.devenv.processes import Component, Supervisor, wait_until
+from beatkeeper_core.contract import (
     RUN_RECORDS_STREAM,
     RetryPolicy,
     RunEnvelope,
@@ -31,8 +32,7 @@ from beatkeeper.contract import (
     TaskCall,
     queue_name,
 )
-from beatkeeper.devenv.processes import Component, Supervisor, wait_until
-from beatkeeper.settings import WorkerSettings
+from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker import keys
 from beatkeeper_worker.app import create_app
 from beatkeeper_worker.publish import publish_run, send_run

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from beatkeeper.api import crd
 from beatkeeper.devenv.helm import HELM_VERSION, ensure_helm
-from beatkeeper.settings import DevSettings
+from beatkeeper_core.settings import DevSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "beatkeeper"

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from beatkeeper import contract
-from beatkeeper.firing import GRACE_SECONDS, MISSED_RECORD_LIMIT, plan_fire
+from beatkeeper_core import contract
+from beatkeeper_core.firing import GRACE_SECONDS, MISSED_RECORD_LIMIT, plan_fire
 
 T0 = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from beatkeeper import contract
 from beatkeeper.operator.runstatus import RunView, fold, render
+from beatkeeper_core import contract
 
 T0 = dt.datetime(2026, 6, 1, 8, 0, 0, tzinfo=dt.UTC)
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from beatkeeper.schedules import (
+from beatkeeper_core.schedules import (
     CronSchedule,
     IntervalSchedule,
     OnceSchedule,

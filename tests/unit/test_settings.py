@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from beatkeeper.settings import DevSettings, Settings
+from beatkeeper_core.settings import DevSettings, Settings
 
 
 def test_defaults_follow_xdg_under_home() -> None:

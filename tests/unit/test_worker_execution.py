@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beatkeeper.contract import (
+from beatkeeper_core.contract import (
     ConcurrencyPolicy,
     RetryPolicy,
     RunEnvelope,

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from beatkeeper.contract import RunEnvelope, RunPolicy, RunRecord, RunState, TaskCall
+from beatkeeper_core.contract import RunEnvelope, RunPolicy, RunRecord, RunState, TaskCall
 from beatkeeper_worker import records
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)

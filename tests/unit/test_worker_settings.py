@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from beatkeeper.settings import Settings, WorkerSettings
+from beatkeeper_core.settings import Settings, WorkerSettings
 from beatkeeper_worker.app import broker_ssl, celery_config
 from beatkeeper_worker.main import worker_argv
 from beatkeeper_worker.runtime import redis_options

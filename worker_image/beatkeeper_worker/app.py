@@ -19,8 +19,8 @@ import redis
 from celery import Celery
 from celery.worker.request import Request
 
-from beatkeeper.contract import ENTRY_TASK
-from beatkeeper.settings import WorkerSettings
+from beatkeeper_core.contract import ENTRY_TASK
+from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker.builtins import register_builtins
 from beatkeeper_worker.execution import record_hard_limit
 from beatkeeper_worker.liveness import liveness_step

@@ -11,7 +11,7 @@ Differences from stock redbeat that users rely on (FACTS.md):
   quickly; a beat that finds its lock taken stops firing and exits.
 - Entries carry Beatkeeper's own schedule (cron in an IANA zone, DST-correct),
   the slot of each run goes into its envelope, and catch-up after downtime
-  follows the entry's policy (see `beatkeeper.firing`).
+  follows the entry's policy (see `beatkeeper_core.firing`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import redis
 from pydantic import ValidationError
 from redbeat.schedulers import RedBeatScheduler
 
-from beatkeeper import contract, firing
-from beatkeeper.redbeat import Advance, DueEntry, RedbeatStore
-from beatkeeper.settings import BeatSettings, WorkerSettings
+from beatkeeper_core import contract, firing
+from beatkeeper_core.redbeat import Advance, DueEntry, RedbeatStore
+from beatkeeper_core.settings import BeatSettings, WorkerSettings
 from beatkeeper_worker.app import create_app
 from beatkeeper_worker.publish import prepare_runs, push_runs
 from beatkeeper_worker.runs import EncodedRun

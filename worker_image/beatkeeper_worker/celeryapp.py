@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from beatkeeper.settings import WorkerSettings
+from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker.app import create_app
 
 app = create_app(WorkerSettings.from_env(os.environ))

@@ -39,8 +39,8 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 
-from beatkeeper.contract import ENTRY_TASK, RunEnvelope, RunRecord, RunState
-from beatkeeper.settings import WorkerSettings
+from beatkeeper_core.contract import ENTRY_TASK, RunEnvelope, RunRecord, RunState
+from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker import records
 from beatkeeper_worker.errors import PermanentError
 from beatkeeper_worker.leases import Lease, LeaseKeeper, RunStopped

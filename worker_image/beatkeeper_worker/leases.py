@@ -34,7 +34,7 @@ from typing import Protocol
 import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from beatkeeper.contract import RunEnvelope
+from beatkeeper_core.contract import RunEnvelope
 from beatkeeper_worker.runs import HeldLease, RunRegistry
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from beatkeeper.settings import Settings, WorkerSettings
+from beatkeeper_core.settings import Settings, WorkerSettings
 
 
 def worker_argv(settings: WorkerSettings, extra: Sequence[str] = ()) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu import serialization
 
-from beatkeeper.contract import ENTRY_TASK, RunEnvelope, RunPolicy
+from beatkeeper_core.contract import ENTRY_TASK, RunEnvelope, RunPolicy
 from beatkeeper_worker import records
 from beatkeeper_worker.runs import EncodedRun, RunRegistry
 from beatkeeper_worker.runtime import runtime_for

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from beatkeeper.contract import RunEnvelope, RunRecord, RunState
+from beatkeeper_core.contract import RunEnvelope, RunRecord, RunState
 
 MESSAGE_CHARS = 500
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from beatkeeper.contract import RunEnvelope
+from beatkeeper_core.contract import RunEnvelope
 from beatkeeper_worker.runs import RunRegistry
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Literal
 import redis
 from redis.commands.core import Script
 
-from beatkeeper.contract import RUN_RECORDS_STREAM, RunEnvelope, RunRecord, RunState
+from beatkeeper_core.contract import RUN_RECORDS_STREAM, RunEnvelope, RunRecord, RunState
 from beatkeeper_worker import keys
 
 _PRELUDE = """

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from beatkeeper.settings import TlsVerify, WorkerSettings
+from beatkeeper_core.settings import TlsVerify, WorkerSettings
 from beatkeeper_worker.execution import Executor, record_threads_hard_limit
 from beatkeeper_worker.leases import LeaseKeeper, SignalInterrupter, ThreadInterrupter
 from beatkeeper_worker.runs import RunRegistry

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from beatkeeper.contract import RunEnvelope
+from beatkeeper_core.contract import RunEnvelope
 from beatkeeper_worker import keys
 from beatkeeper_worker.publish import send_run
 from beatkeeper_worker.retries import promote_due

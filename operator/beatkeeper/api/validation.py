@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from beatkeeper import schedules
 from beatkeeper.api.scheduledtask import ScheduledTaskSpec
 from beatkeeper.api.workerpool import WorkerPoolSpec
+from beatkeeper_core import schedules
 
 _Model = TypeVar("_Model", bound=BaseModel)
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from beatkeeper.settings import DevSettings
+from beatkeeper_core.settings import DevSettings
 
 Progress = Callable[[str], None]
 
@@ -165,7 +165,7 @@ def _print_progress(message: str) -> None:
 
 
 def main() -> None:
-    from beatkeeper.settings import Settings
+    from beatkeeper_core.settings import Settings
 
     print(ensure_cluster_binary(Settings.from_env().dev))
 

@@ -32,7 +32,7 @@ import yaml
 from beatkeeper.devenv.environment import Environment, local_environment
 from beatkeeper.devenv.kube import install_crds, kubectl
 from beatkeeper.devenv.system import start_system
-from beatkeeper.settings import DevSettings
+from beatkeeper_core.settings import DevSettings
 
 NAMESPACE = "demo"
 EXAMPLE_URL = "http://127.0.0.1:8099/health"  # what examples/http-check.yaml names

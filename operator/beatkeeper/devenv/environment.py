@@ -22,7 +22,7 @@ from beatkeeper.devenv.build import ensure_cluster_binary
 from beatkeeper.devenv.cluster import LocalControlPlane
 from beatkeeper.devenv.processes import Supervisor
 from beatkeeper.devenv.redis import start_redis
-from beatkeeper.settings import DevSettings
+from beatkeeper_core.settings import DevSettings
 
 Progress = Callable[[str], None]
 _KEPT_LOG_RUNS = 10

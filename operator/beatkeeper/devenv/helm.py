@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from beatkeeper.devenv.build import BuildFailed, GoBuild, Progress, _exclusive, _go_version
-from beatkeeper.settings import DevSettings
+from beatkeeper_core.settings import DevSettings
 
 HELM_MODULE = "helm.sh/helm/v3"
 HELM_VERSION = "v3.17.3"
@@ -133,7 +133,7 @@ def _print_progress(message: str) -> None:
 
 
 def main() -> None:
-    from beatkeeper.settings import Settings
+    from beatkeeper_core.settings import Settings
 
     print(ensure_helm(Settings.from_env().dev))
 

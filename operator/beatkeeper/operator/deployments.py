@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from beatkeeper import contract
 from beatkeeper.api.base import API_VERSION, GROUP
 from beatkeeper.api.workerpool import KIND, PodTemplate, WorkerPoolSpec
+from beatkeeper_core import contract
 
 APP_NAME = "beatkeeper-worker"
 MANAGED_BY = "beatkeeper"

@@ -22,9 +22,9 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from beatkeeper import contract
 from beatkeeper.operator.indexes import IndexView, snapshot
 from beatkeeper.operator.runtime import Runtime
+from beatkeeper_core import contract
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from beatkeeper.operator.indexes import (
     tasks_of_pool,
 )
 from beatkeeper.operator.runtime import Admission, Runtime, build_runtime, start_admission
-from beatkeeper.settings import Settings
+from beatkeeper_core.settings import Settings
 
 ST = (GROUP, VERSION, "scheduledtasks")
 FINALIZER = f"{GROUP}/finalizer"

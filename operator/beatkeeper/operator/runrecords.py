@@ -15,7 +15,7 @@ from typing import cast
 import redis
 from pydantic import ValidationError
 
-from beatkeeper import contract
+from beatkeeper_core import contract
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from beatkeeper import contract
 from beatkeeper.api.scheduledtask import RunStatus
 from beatkeeper.operator.conditions import Event
+from beatkeeper_core import contract
 
 ACTIVE_LIMIT = 50
 _COUNTERS = {

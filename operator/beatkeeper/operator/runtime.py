@@ -2,7 +2,7 @@
 
 Built once at start-up and kept in kopf's memo. The reconcilers are the
 handler layer: they gather what was observed, ask the planners, and apply the
-plans through the adapters (Redis via `beatkeeper.redbeat` and the run-record
+plans through the adapters (Redis via `beatkeeper_core.redbeat` and the run-record
 stream, Kubernetes via `kubeapi`). Everything here is synchronous; async code
 calls it through `asyncio.to_thread`.
 """
@@ -24,7 +24,6 @@ import kopf
 import redis
 from kubernetes.client.exceptions import ApiException
 
-from beatkeeper import contract
 from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_worker_pool
 from beatkeeper.api.workerpool import WorkerPoolSpec
 from beatkeeper.operator import autoscaler, runstatus, scheduledtasks, webhook, workerpools
@@ -35,8 +34,9 @@ from beatkeeper.operator.kubeapi import KubeApi, api_client, namespace_terminati
 from beatkeeper.operator.runrecords import RunRecordStream
 from beatkeeper.operator.webhook import AdmissionServer
 from beatkeeper.pki import CertificateAuthority
-from beatkeeper.redbeat import RedbeatStore
-from beatkeeper.settings import OperatorSettings, WorkerSettings
+from beatkeeper_core import contract
+from beatkeeper_core.redbeat import RedbeatStore
+from beatkeeper_core.settings import OperatorSettings, WorkerSettings
 
 Clock = Callable[[], dt.datetime]
 FINALIZER = "beatkeeper.dev/finalizer"

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from beatkeeper import contract, schedules
 from beatkeeper.api.scheduledtask import RUN_NOW_ANNOTATION, ScheduledTaskSpec
 from beatkeeper.api.validation import InvalidSpec, check_task_allowed, parse_scheduled_task
 from beatkeeper.api.workerpool import WorkerPoolSpec
@@ -25,6 +24,7 @@ from beatkeeper.operator.conditions import (
     health_conditions,
     parse_conditions,
 )
+from beatkeeper_core import contract, schedules
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from beatkeeper import contract, schedules
 from beatkeeper.api.base import Condition
 from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_worker_pool
 from beatkeeper.api.workerpool import WorkerPoolSpec
@@ -39,6 +38,7 @@ from beatkeeper.operator.deployments import (
     selector,
 )
 from beatkeeper.operator.scheduledtasks import schedule_spec
+from beatkeeper_core import contract, schedules
 
 MANUAL_POLL_SECONDS = 1.0  # without autoscaling, status still follows the Deployment
 STALLED_POLL_SECONDS = 5.0

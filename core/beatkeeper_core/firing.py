@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from beatkeeper import contract, schedules
+from beatkeeper_core import contract, schedules
 
 GRACE_SECONDS = 10.0
 MISSED_RECORD_LIMIT = 100

@@ -17,7 +17,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _repo_root() -> Path:
-    # operator/beatkeeper/settings.py -> the checkout root (editable installs only).
+    # core/beatkeeper_core/settings.py -> the checkout root (editable installs only).
     return _PACKAGE_DIR.parent.parent
 
 

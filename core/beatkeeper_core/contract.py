@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from beatkeeper import schedules
+from beatkeeper_core import schedules
 
 ENTRY_TASK = "beatkeeper.run"
 RUN_RECORDS_STREAM = "beatkeeper:runs"

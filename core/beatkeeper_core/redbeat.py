@@ -26,7 +26,7 @@ from typing import cast
 
 import redis
 
-from beatkeeper import contract
+from beatkeeper_core import contract
 
 
 class Outcome(Enum):
