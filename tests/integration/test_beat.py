@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from beatkeeper.devenv.processes import Component, Supervisor
+from beatkeeper.devenv.cluster import free_port
+from beatkeeper.devenv.processes import Component, Supervisor, wait_until
 from beatkeeper_core import contract
 from beatkeeper_core.redbeat import RedbeatStore
 
@@ -76,6 +77,25 @@ def beats(redis_url: str, tmp_path: Path) -> Iterator[Beats]:
     finally:
         supervisor.stop_all()
         client.close()
+
+
+def start_redis_on(supervisor: Supervisor, workdir: Path, port: int) -> Component:
+    """redis-server on a port chosen before it starts (the beats already dial it)."""
+    workdir.mkdir(parents=True)
+    component = supervisor.start(
+        "redis",
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
+         "--save", "", "--appendonly", "no"],
+    )  # fmt: skip
+    wait_until(component, lambda: _pings(port), timeout=30)
+    return component
+
+
+def _pings(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
 
 
 def entry(
@@ -174,3 +194,35 @@ def test_standby_takes_over_when_the_active_beat_is_killed(beats: Beats) -> None
     assert slots == [slots[0] + dt.timedelta(seconds=i) for i in range(len(slots))], (
         "a slot was lost"
     )
+
+
+def test_beats_started_before_redis_fire_each_slot_once(tmp_path: Path) -> None:
+    """A fresh install starts beat and Redis together: a beat that could not take the
+    lock at start-up must take it later, not fire without it beside the other one."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    supervisor = Supervisor(tmp_path / "logs")
+    client = redis.Redis.from_url(url)
+    try:
+        beats = Beats(supervisor, url, f"rb-{uuid.uuid4().hex[:6]}:", client)
+        early = [beats.start("beat-a"), beats.start("beat-b")]
+        wait_for(
+            lambda: all("Error" in b.log_path.read_text() for b in early),
+            60,
+            "both beats met an unreachable Redis at start-up",
+        )
+        start_redis_on(supervisor, tmp_path / "redis", port)
+        namespace = f"n{uuid.uuid4().hex[:6]}"
+        anchor = now().replace(microsecond=0)
+        beats.store.upsert_if_changed([entry(namespace, anchor=anchor, every=1)], now())
+        wait_for(
+            lambda: len([r for r in beats.records(namespace) if r.state == "Pending"]) >= 5,
+            30,
+            "five slots fired",
+        )
+        run_ids = [r.run_id for r in beats.records(namespace) if r.state == "Pending"]
+        assert len(run_ids) == len(set(run_ids)), "a slot was published by both beats"
+        assert sum(beats.holder_ready(b) for b in early) == 1
+    finally:
+        supervisor.stop_all()
+        client.close()

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
-from redbeat.schedulers import RedBeatScheduler
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
 
 from beatkeeper_core import contract, firing
 from beatkeeper_core.redbeat import Advance, DueEntry, RedbeatStore
@@ -197,6 +197,8 @@ def _envelope(
 class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
     """celery beat's scheduler: ticks every `poll_seconds` and fires from redbeat keys."""
 
+    lock: Any  # redbeat's: the held redis-py Lock, or None
+
     def __init__(self, app: Any, **kwargs: Any) -> None:
         self.beat_settings = BeatSettings.from_env(os.environ)
         worker_settings = WorkerSettings.from_env(os.environ)
@@ -220,19 +222,30 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
         """No static entries: every entry comes from a ScheduledTask."""
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        self._keep_lock()
-        now = utcnow()
+        poll = float(self.beat_settings.poll_seconds)
         try:
-            self.firer.fire_due(now)
+            self._hold_lock()
+            self.firer.fire_due(utcnow())
             wait = self.firer.seconds_until_work(utcnow())
         except redis.RedisError as error:
             logger.warning("redis unavailable, retrying: %s", error)
-            return float(self.beat_settings.poll_seconds)
-        poll = float(self.beat_settings.poll_seconds)
+            return poll
         return poll if wait is None else max(0.0, min(wait, poll))
 
-    def _keep_lock(self) -> None:
-        if not self.lock_key or self.lock is None:
+    def _hold_lock(self) -> None:
+        """Return only while this beat holds the HA lock; a beat without it never fires.
+
+        redbeat takes the lock in a `beat_init` handler, and Celery swallows its
+        error when Redis does not answer yet (a fresh install starts beat and
+        Redis together): `lock` is then None and this beat would fire beside the
+        one that holds it. So the lock is taken here instead, waiting as a
+        standby does; a Redis error leaves it to the next tick.
+        """
+        if not self.lock_key:
+            return
+        if self.lock is None:
+            self.lock = self._acquire_lock()
+            logger.info("beat: Acquired lock %s", self.lock_key)
             return
         try:
             self.lock.extend(int(self.lock_timeout))
@@ -241,6 +254,14 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
             # firing on would duplicate publishes. Exit; a restart waits as standby.
             logger.error("beat lost its lock %s; exiting", self.lock_key)
             sys.exit(3)
+
+    def _acquire_lock(self) -> Any:
+        """The lock as redbeat makes it (timeout, polling, extend-to script), held."""
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
+        lock.acquire()
+        return lock
 
 
 def beat_argv(extra: Sequence[str] = ()) -> list[str]:
