@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -91,10 +92,10 @@ async def resync_once(runtime: Runtime, tasks: IndexView, pools: IndexView, coll
 
 def collect_orphans(runtime: Runtime, known: set[str]) -> None:
     """Delete entries whose object is gone (confirmed by the API, not just the index)."""
-    watched = set(runtime.settings.namespaces)
+    watched = runtime.settings.namespaces
     for name in runtime.store.names() - known:
         namespace, _, object_name = name.partition("/")
-        if watched and namespace not in watched:
+        if watched and not any(fnmatch.fnmatchcase(namespace, glob) for glob in watched):
             continue
         if runtime.kube.get("scheduledtasks", namespace, object_name) is None:
             logger.info("removing the entry of deleted ScheduledTask %s", name)
@@ -162,10 +163,15 @@ async def consume_once(runtime: Runtime, tasks: IndexView, gate: asyncio.Semapho
 
 
 async def consume_records_forever(runtime: Runtime, tasks: IndexView) -> None:
-    await asyncio.to_thread(runtime.records.ensure_group)
     gate = asyncio.Semaphore(STATUS_WRITERS)
+    grouped = False
     while True:
         try:
+            # Inside the loop: Redis may come up after the operator (a fresh install
+            # starts both at once), and a failure here must not end the consumer.
+            if not grouped:
+                await asyncio.to_thread(runtime.records.ensure_group)
+                grouped = True
             await consume_once(runtime, tasks, gate)
         except Exception:
             logger.exception("reading run records failed; retrying")
