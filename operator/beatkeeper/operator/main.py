@@ -16,7 +16,15 @@ import kopf
 
 from beatkeeper.api.base import GROUP, VERSION
 from beatkeeper.operator import loops, workerpools
-from beatkeeper.operator.deployments import MANAGED_BY, MANAGED_BY_LABEL, ObservedDeployment
+from beatkeeper.operator.deployments import (
+    APP_NAME,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    POOL_LABEL,
+    ObservedDeployment,
+    selector_labels,
+)
 from beatkeeper.operator.indexes import (
     IndexView,
     SpecGenerations,
@@ -24,6 +32,7 @@ from beatkeeper.operator.indexes import (
     snapshot,
     tasks_of_pool,
 )
+from beatkeeper.operator.podhealth import ObservedPod
 from beatkeeper.operator.runtime import Admission, Runtime, build_runtime, start_admission
 from beatkeeper_core.settings import Settings
 
@@ -147,6 +156,18 @@ async def worker_deployments(
     return {(namespace, name): ObservedDeployment.from_body(body)}
 
 
+@kopf.index("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, NAME_LABEL: APP_NAME})
+async def worker_pods(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], ObservedPod]:
+    """The pools' pods, under their pool's label: why pods cannot start is read from them."""
+    return {(namespace, labels.get(POOL_LABEL, "")): ObservedPod.from_body(body)}
+
+
+def pods_of(index: Index, namespace: str, pool: str) -> list[ObservedPod]:
+    return list(index.get((namespace, selector_labels(pool)[POOL_LABEL]), ()))
+
+
 @kopf.on.event(*WP)
 def worker_pool_event(
     *,
@@ -156,6 +177,7 @@ def worker_pool_event(
     scheduledtask_bodies: Index,
     scheduledtask_slots: Index,
     worker_deployments: Index,
+    worker_pods: Index,
     **_: Any,
 ) -> None:
     """A new spec converges at once (`kubectl scale` included); the daemon does the rest."""
@@ -176,17 +198,21 @@ def worker_pool_event(
         (task["metadata"]["namespace"], task["metadata"]["name"]) for task in tasks
     )
     if not deleted and not body.metadata.get("deletionTimestamp"):
-        slots = scheduledtask_slots.get((body.metadata.namespace, body.metadata.name), ())
-        runtime.worker_pools.reconcile(body, list(slots), IndexView(worker_deployments))
+        namespace, name = body.metadata.namespace, body.metadata.name
+        slots = scheduledtask_slots.get((namespace, name), ())
+        pods = pods_of(worker_pods, namespace, name)
+        runtime.worker_pools.reconcile(body, list(slots), IndexView(worker_deployments), pods)
 
 
 @kopf.daemon(*WP, id="workers", backoff=2, cancellation_timeout=10)
 async def worker_pool_daemon(
+    *,
     stopped: kopf.DaemonStopped,
     body: kopf.Body,
     memo: kopf.Memo,
     scheduledtask_slots: Index,
     worker_deployments: Index,
+    worker_pods: Index,
     **_: Any,
 ) -> None:
     """Level-triggered, every pollSeconds: measure the backlog, converge, write status.
@@ -202,7 +228,10 @@ async def worker_pool_daemon(
         pool = snapshot(body)  # the live body changes under us; the thread gets a copy
         key = (pool["metadata"]["namespace"], pool["metadata"]["name"])
         slots = list(scheduledtask_slots.get(key, ()))
-        interval = await asyncio.to_thread(runtime.worker_pools.reconcile, pool, slots, deployments)
+        pods = pods_of(worker_pods, *key)
+        interval = await asyncio.to_thread(
+            runtime.worker_pools.reconcile, pool, slots, deployments, pods
+        )
         await stopped.wait(interval)
 
 

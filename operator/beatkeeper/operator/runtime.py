@@ -31,6 +31,7 @@ from beatkeeper.operator.backlog import BacklogProbe
 from beatkeeper.operator.conditions import Event
 from beatkeeper.operator.deployments import ObservedDeployment, deployment_name
 from beatkeeper.operator.kubeapi import KubeApi, api_client, namespace_terminating
+from beatkeeper.operator.podhealth import ObservedPod
 from beatkeeper.operator.runrecords import RunRecordStream
 from beatkeeper.operator.webhook import AdmissionServer
 from beatkeeper.pki import CertificateAuthority
@@ -321,8 +322,10 @@ class WorkerPoolReconciler:
         body: Mapping[str, Any],
         slots: Iterable[Mapping[str, Any]] = (),
         deployments: Mapping[tuple[str, str], ObservedDeployment] | None = None,
+        pods: Iterable[ObservedPod] = (),
     ) -> float:
-        """`slots`: `workerpools.slot_source` of the pool's tasks; `deployments`: the index."""
+        """`slots`: `workerpools.slot_source` of the pool's tasks; `deployments`: the index;
+        `pods`: the pool's pods (from the pod index)."""
         observed = workerpools.ObservedPool.from_body(body)
         memory = self._memory(observed.uid)
         with memory.lock:
@@ -331,6 +334,7 @@ class WorkerPoolReconciler:
             observed = replace(observed, status={**observed.status, **memory.status})
             now = self.clock()
             world = self._observe(observed, memory, slots, deployments, now)
+            world = replace(world, pods=tuple(pods))
             plan = workerpools.plan_worker_pool(observed, now, world)
             try:
                 plan = self._converge(observed, memory, world, plan, now)

@@ -37,6 +37,7 @@ from beatkeeper.operator.deployments import (
     build_worker_deployment,
     selector,
 )
+from beatkeeper.operator.podhealth import ObservedPod, diagnose
 from beatkeeper.operator.scheduledtasks import schedule_spec
 from beatkeeper_core import contract, schedules
 
@@ -80,6 +81,7 @@ class PoolWorld:
     backlog_error: str = ""
     upcoming: Upcoming | None = None
     scaler: ScalerState = field(default_factory=ScalerState)
+    pods: tuple[ObservedPod, ...] = ()  # the pool's pods as the kubelet reports them
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,12 @@ def plan_worker_pool(
     if spec.autoscaling is not None and world.backlog is None:
         why = world.backlog_error or "no sample yet"
         health = Health.reconciling("BacklogUnknown", f"the backlog cannot be read: {why}")
+    secret = spec.broker_secret_ref
+    trouble = diagnose(observed.namespace, world.pods, secret.name, secret.key)
+    events: list[Event] = []
+    if trouble is not None:  # the Deployment still converges: a fix is picked up at once
+        health = Health.stalled(trouble.reason, trouble.message)
+        events += _stalled_event(observed, health)
     conditions = health_conditions(
         parse_conditions(observed.status.get("conditions")),
         health,
@@ -262,7 +270,8 @@ def plan_worker_pool(
         now,
         extra=_limited(observed, scaling, now),
     )
-    events = [Event("Normal", "Scaled", scaling.reason)] if scaling.replicas != current else []
+    if scaling.replicas != current:
+        events.append(Event("Normal", "Scaled", scaling.reason))
     return PoolPlan(
         spec=spec,
         health=health,
