@@ -33,6 +33,7 @@ class DevSettings:
     cache_dir: Path
     state_dir: Path
     cluster_module: Path
+    coredns_module: Path
     external_kubeconfig: Path | None
     redis_server: str
     crds_dir: Path
@@ -48,6 +49,9 @@ class DevSettings:
             state_dir=_path(env, "BEATKEEPER_STATE_DIR", xdg_state / "beatkeeper"),
             cluster_module=_path(
                 env, "BEATKEEPER_CLUSTER_MODULE", _repo_root() / "tests" / "cluster"
+            ),
+            coredns_module=_path(
+                env, "BEATKEEPER_COREDNS_MODULE", _repo_root() / "tests" / "coredns"
             ),
             external_kubeconfig=Path(kubeconfig).expanduser() if kubeconfig else None,
             redis_server=env.get("BEATKEEPER_REDIS_SERVER", "redis-server"),
@@ -75,7 +79,7 @@ class OperatorSettings:
     """How the operator connects and serves; see the chart's values for the in-cluster values."""
 
     redis_url: str
-    namespaces: tuple[str, ...]  # empty: every namespace
+    namespaces: tuple[str, ...]  # empty: every namespace; names or kopf's globs (`team-*`)
     resync_seconds: float
     webhook: WebhookMode
     webhook_listen: str  # address the webhook server binds

@@ -1,11 +1,15 @@
 """Build and cache the Go binaries the local environment runs.
 
-The control plane (etcd, kube-apiserver, kube-controller-manager in one binary)
-is built from the Go module in tests/cluster/. The binary, GOMODCACHE and
-GOCACHE live under the cache directory, outside the repository; the binary's
-name carries a hash of its inputs, so it is rebuilt only when they change. A
-cold build takes many minutes on two cores, so progress is reported per
-compiled package.
+Two modules, each its own dependency graph:
+- tests/cluster/: one multi-call binary for the control plane and the node
+  (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+  kube-proxy), all from the same Kubernetes modules;
+- tests/coredns/: CoreDNS with only the plugins the node's cluster DNS uses.
+
+Binaries, GOMODCACHE and GOCACHE live under the cache directory, outside the
+repository; a binary's name carries a hash of its inputs, so it is rebuilt only
+when they change. A cold build takes minutes on two cores, so progress is
+reported per compiled package.
 """
 
 from __future__ import annotations
@@ -37,10 +41,16 @@ class BuildFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class GoBuild:
-    """The inputs of one cached Go build and where its output goes."""
+    """The inputs of one cached Go build and where its output goes.
+
+    `kubernetes`: stamp the Kubernetes version into the binary (the control
+    plane's module), so the servers report v1.32.x rather than v0.0.0-master.
+    """
 
     module_dir: Path
     cache_dir: Path
+    name: str = "cluster"
+    kubernetes: bool = True
 
     @property
     def kubernetes_version(self) -> str:
@@ -51,7 +61,7 @@ class GoBuild:
 
     @property
     def binary(self) -> Path:
-        return self.cache_dir / "bin" / f"cluster-{self._input_hash()}"
+        return self.cache_dir / "bin" / f"{self.name}-{self._input_hash()}"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -65,9 +75,11 @@ class GoBuild:
         return env
 
     def ldflags(self) -> str:
+        flags = ["-s", "-w"]
+        if not self.kubernetes:
+            return " ".join(flags)
         version = self.kubernetes_version
         major, minor = version.lstrip("v").split(".")[:2]
-        flags = ["-s", "-w"]
         for package in _VERSION_PACKAGES:
             flags += [
                 f"-X {package}.gitVersion={version}",
@@ -141,18 +153,16 @@ def _compile(build: GoBuild, output: Path, progress: Progress) -> None:
         raise BuildFailed(f"go build failed:\n{''.join(tail)}")
 
 
-def ensure_cluster_binary(settings: DevSettings, progress: Progress | None = None) -> Path:
-    """Return the cached control-plane binary, building it first if needed."""
+def _ensure(build: GoBuild, what: str, progress: Progress | None) -> Path:
     report = progress or _print_progress
-    build = GoBuild(module_dir=settings.cluster_module, cache_dir=settings.cache_dir)
     binary = build.binary
     if binary.exists():
         return binary
-    with _exclusive(binary.parent / ".build.lock"):
+    with _exclusive(binary.parent / f".{build.name}.lock"):
         if binary.exists():
             return binary
         started = time.monotonic()
-        report(f"building the control plane {build.kubernetes_version} (cold: 10-20 minutes)")
+        report(f"building {what} (cold: a few minutes)")
         partial = binary.with_suffix(".partial")
         _compile(build, partial, report)
         partial.rename(binary)
@@ -160,14 +170,34 @@ def ensure_cluster_binary(settings: DevSettings, progress: Progress | None = Non
     return binary
 
 
+def ensure_cluster_binary(settings: DevSettings, progress: Progress | None = None) -> Path:
+    """Return the cached control-plane and node binary, building it first if needed."""
+    build = GoBuild(module_dir=settings.cluster_module, cache_dir=settings.cache_dir)
+    return _ensure(build, f"the control plane and node {build.kubernetes_version}", progress)
+
+
+def ensure_coredns(settings: DevSettings, progress: Progress | None = None) -> Path:
+    """Return the cached CoreDNS binary of the node's cluster DNS, building it if needed."""
+    build = GoBuild(
+        module_dir=settings.coredns_module,
+        cache_dir=settings.cache_dir,
+        name="coredns",
+        kubernetes=False,
+    )
+    return _ensure(build, "CoreDNS for the node's cluster DNS", progress)
+
+
 def _print_progress(message: str) -> None:
     print(f"[beatkeeper] {message}", file=sys.stderr, flush=True)
 
 
 def main() -> None:
+    """Print the paths of both binaries, building what is missing."""
     from beatkeeper_core.settings import Settings
 
-    print(ensure_cluster_binary(Settings.from_env().dev))
+    dev = Settings.from_env().dev
+    print(ensure_cluster_binary(dev))
+    print(ensure_coredns(dev))
 
 
 if __name__ == "__main__":
