@@ -93,7 +93,7 @@ def test_name_labels_selector_and_owner() -> None:
 
 def test_worker_runs_the_pools_queue_and_settings() -> None:
     deployment = build()
-    assert container(deployment)["command"] == ["beatkeeper", "worker"]
+    assert container(deployment)["command"] == ["beatkeeper-worker"]
     assert container(deployment)["image"] == "registry.example/worker:1.2"
     values = {name: item.get("value") for name, item in env(deployment).items()}
     assert values["BEATKEEPER_WORKER_QUEUE"] == "beatkeeper.team.reports"

@@ -4,8 +4,9 @@ Pure. `build_worker_deployment` turns a pool's spec into the Deployment the
 operator applies (server-side apply, field manager `beatkeeper`): a
 deterministic name, the pool's labels and selector, a controller owner
 reference (so deleting the pool garbage-collects the Deployment and its pods),
-and a pod template that runs `beatkeeper worker` for the pool's queue under Pod
-Security "restricted", with the broker URL only as a Secret reference.
+and a pod template that runs `beatkeeper-worker` (the worker image's console
+script) for the pool's queue under Pod Security "restricted", with the broker
+URL only as a Secret reference.
 `ObservedDeployment` is the part of a Deployment the planner reads back.
 """
 
@@ -121,7 +122,7 @@ def worker_container(queue: str, spec: WorkerPoolSpec) -> dict[str, Any]:
         "name": CONTAINER,
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
-        "command": ["beatkeeper", "worker"],
+        "command": ["beatkeeper-worker"],
         "env": worker_env(queue, spec),
         "securityContext": {
             "runAsNonRoot": True,
