@@ -39,11 +39,15 @@ def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
     dev = settings.dev
     kubeconfig = args.kubeconfig or dev.state_dir / "kubeconfig"
     external = args.cluster or dev.external_kubeconfig
+    if external is not None and args.only == "node":
+        _say("--only node starts a local control plane and node; it cannot join --cluster")
+        return 2
     install_stop_signals()
     try:
         with local_environment(
             dev,
-            redis=args.only != "cluster",
+            redis=args.only in (None, "infra"),
+            node=external is None and args.only in (None, "node"),
             kubeconfig=None if external else kubeconfig,
             external_kubeconfig=external,
             progress=_say,
@@ -53,11 +57,25 @@ def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
                 _say("CRDs installed: scheduledtasks.beatkeeper.dev, workerpools.beatkeeper.dev")
                 start_system(env, _say)
             _say(f"kubeconfig: {env.kubeconfig}")
+            if env.node:
+                _say(f"node: {env.node} (containerd, kubelet, kube-scheduler, kube-proxy, DNS)")
+                images = ", ".join(
+                    built.ref.removeprefix("docker.io/library/") for built in env.images.values()
+                )
+                _say(f"images on the node: {images}")
             if env.redis_url:
                 _say(f"redis: {env.redis_url}")
+                if env.node:
+                    make = "kubectl create secret generic beatkeeper-redis --from-literal=url=URL"
+                    _say(f"  (the host and pods reach it; a pool's broker Secret: {make})")
             _say(f"logs: {env.log_dir}")
             _say(f"processes: {', '.join(f'{c.name}={c.pid}' for c in env.supervisor.components)}")
-            _say(f"try: KUBECONFIG={env.kubeconfig} kubectl get namespaces")
+            _say(f"try: KUBECONFIG={env.kubeconfig} kubectl get nodes,namespaces")
+            if args.only == "node":
+                _say(
+                    f"then: KUBECONFIG={env.kubeconfig} helm install bk charts/beatkeeper -n "
+                    "bk-system --create-namespace --set redis.bundled.enabled=true --wait"
+                )
             _say("running; press Ctrl-C to stop")
             threading.Event().wait()
     except _Stop as stop:
@@ -135,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--only",
-        choices=["cluster", "infra"],
-        help="cluster: just the control plane; infra: the control plane and Redis",
+        choices=["cluster", "infra", "node"],
+        help=(
+            "cluster: just the control plane; infra: the control plane and Redis; node: the "
+            "control plane and a real node, nothing of Beatkeeper (for helm install by hand)"
+        ),
     )
     up.set_defaults(run=_dev_up)
     demo = commands.add_parser(

@@ -97,24 +97,50 @@ class CertificateAuthority:
 
     def issue_serving(self, directory: Path, name: str, hosts: list[str]) -> KeyPair:
         """A server certificate for `hosts` (IP addresses or DNS names)."""
+        return self._issue(
+            directory,
+            name,
+            _name(hosts[0]),
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            _subject_alt_names(hosts),
+        )
+
+    def issue_client(
+        self, directory: Path, name: str, user: str, groups: tuple[str, ...] = ()
+    ) -> KeyPair:
+        """A client certificate: the apiserver reads the user from CN, groups from O."""
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+        attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
+        return self._issue(directory, name, x509.Name(attributes), ExtendedKeyUsageOID.CLIENT_AUTH)
+
+    def _issue(
+        self,
+        directory: Path,
+        name: str,
+        subject: x509.Name,
+        usage: x509.ObjectIdentifier,
+        alt_names: x509.SubjectAlternativeName | None = None,
+    ) -> KeyPair:
         ca_cert = x509.load_pem_x509_certificate(self.cert_pem)
         ca_key = serialization.load_pem_private_key(self.pair.key_path.read_bytes(), None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(hosts[0]))
+            .subject_name(subject)
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + _VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(_subject_alt_names(hosts), critical=False)
-            .sign(ca_key, hashes.SHA256())
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
+        if alt_names is not None:
+            builder = builder.add_extension(alt_names, critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        directory.mkdir(parents=True, exist_ok=True)
         pair = KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
         pair.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(pair.key_path, key)

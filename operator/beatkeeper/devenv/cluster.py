@@ -1,8 +1,14 @@
-"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, controller-manager.
+"""A real Kubernetes control plane: etcd, kube-apiserver, controller-manager.
 
-There is no kubelet: Deployments get ReplicaSets and Pods, and Pods stay Pending
-(the local pod runner stands in for kubelets where that matters). Start order is
-etcd -> kube-apiserver -> kube-controller-manager; `stop` goes the other way.
+Alone it serves on 127.0.0.1 and Pods stay Pending. With a node
+(`beatkeeper.devenv.node`), the apiserver binds and advertises the pod network's
+gateway instead, so pods reach it through the `kubernetes` Service with real
+ServiceAccount tokens; the controller-manager then also runs the node, endpoint,
+volume and StatefulSet controllers, and the node's parts get client
+certificates from the same CA (kubelet as `system:node:NAME`, checked by the
+Node authorizer; the apiserver reaches the kubelet with a client certificate of
+its own). Start order is etcd -> kube-apiserver -> kube-controller-manager;
+the supervisor stops them the other way.
 """
 
 from __future__ import annotations
@@ -18,19 +24,34 @@ from pathlib import Path
 import yaml
 
 from beatkeeper.devenv.processes import Supervisor, wait_until
-from beatkeeper.pki import CertificateAuthority, write_service_account_key
+from beatkeeper.pki import CertificateAuthority, KeyPair, write_service_account_key
 
 ADMIN_TOKEN = "admin-token"  # noqa: S105 - a local, loopback-only test cluster
-_CONTROLLERS = ",".join(
-    [
-        "deployment-controller",
-        "replicaset-controller",
-        "garbage-collector-controller",
-        "namespace-controller",
-        "serviceaccount-controller",
-        "pod-garbage-collector-controller",
-    ]
-)
+SERVICE_CIDR = "10.0.0.0/24"
+_CONTROLLERS = [
+    "deployment-controller",
+    "replicaset-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "pod-garbage-collector-controller",
+    "root-ca-certificate-publisher-controller",
+    "clusterrole-aggregation-controller",
+]
+# What running pods need: the node's taints lifted, Services' endpoints, the bundled
+# Redis's StatefulSet and its volume claim, PodDisruptionBudget status.
+_NODE_CONTROLLERS = [
+    "node-lifecycle-controller",
+    "taint-eviction-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+    "statefulset-controller",
+    "disruption-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
+]
 
 
 def free_port() -> int:
@@ -51,7 +72,16 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None, token: str | None 
         return False
 
 
-def write_kubeconfig(path: Path, server: str, ca_pem: bytes, token: str) -> Path:
+def write_kubeconfig(
+    path: Path, server: str, ca_pem: bytes, token: str | None = None, client: KeyPair | None = None
+) -> Path:
+    """A kubeconfig for `server` with a bearer token or a client certificate."""
+    user: dict[str, str] = {"token": token} if token else {}
+    if client is not None:
+        user = {
+            "client-certificate-data": base64.b64encode(client.cert_path.read_bytes()).decode(),
+            "client-key-data": base64.b64encode(client.key_path.read_bytes()).decode(),
+        }
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -64,7 +94,7 @@ def write_kubeconfig(path: Path, server: str, ca_pem: bytes, token: str) -> Path
                 },
             }
         ],
-        "users": [{"name": "admin", "user": {"token": token}}],
+        "users": [{"name": "admin", "user": user}],
         "contexts": [
             {
                 "name": "beatkeeper-local",
@@ -79,31 +109,80 @@ def write_kubeconfig(path: Path, server: str, ca_pem: bytes, token: str) -> Path
     return path
 
 
+@dataclass(frozen=True)
+class NodeCredentials:
+    """Kubeconfigs of the node's parts, each with its own client certificate."""
+
+    kubelet: Path
+    scheduler: Path
+    proxy: Path
+    dns: Path
+
+
 @dataclass
 class LocalControlPlane:
-    """Starts the three components under `workdir` with the binary from build.py."""
+    """Starts the three components under `workdir` with the binary from build.py.
+
+    `address`: where the apiserver binds and what it advertises (127.0.0.1, or the
+    pod network's gateway when a node runs).
+    """
 
     binary: Path
     workdir: Path
     supervisor: Supervisor
     ready_timeout: float = 180.0
+    address: str = "127.0.0.1"
     server: str = ""
     kubeconfig: Path | None = None
+    ca: CertificateAuthority | None = None
+    port: int = 0
 
     @property
     def log_dir(self) -> Path:
         return self.supervisor.log_dir
 
-    def start(self, kubeconfig: Path | None = None) -> Path:
-        pki = self.workdir / "pki"
-        ca = CertificateAuthority.create(pki)
-        etcd_url = self._start_etcd()
-        port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def with_node(self) -> bool:
+        return self.address != "127.0.0.1"
+
+    def prepare(self, kubeconfig: Path | None = None) -> Path:
+        """Make the CA and the admin kubeconfig (before anything starts)."""
+        self.ca = CertificateAuthority.create(self.pki)
+        self.port = free_port()
+        self.server = f"https://{self.address}:{self.port}"
         self.kubeconfig = write_kubeconfig(
-            kubeconfig or self.workdir / "kubeconfig", self.server, ca.cert_pem, ADMIN_TOKEN
+            kubeconfig or self.workdir / "kubeconfig", self.server, self.ca.cert_pem, ADMIN_TOKEN
         )
-        self._start_apiserver(ca, etcd_url, port)
+        return self.kubeconfig
+
+    def node_credentials(self, node_name: str) -> NodeCredentials:
+        assert self.ca is not None, "prepare() first"
+        ca, folder = self.ca, self.pki / "node"
+
+        def kubeconfig(name: str, user: str, groups: tuple[str, ...] = ()) -> Path:
+            pair = ca.issue_client(folder, name, user, groups)
+            return write_kubeconfig(
+                folder / f"{name}.kubeconfig", self.server, ca.cert_pem, client=pair
+            )
+
+        return NodeCredentials(
+            kubelet=kubeconfig("kubelet", f"system:node:{node_name}", ("system:nodes",)),
+            scheduler=kubeconfig("scheduler", "system:kube-scheduler"),
+            proxy=kubeconfig("kube-proxy", "system:kube-proxy"),
+            dns=kubeconfig("cluster-dns", "system:beatkeeper:cluster-dns"),
+        )
+
+    def start(self, kubeconfig: Path | None = None) -> Path:
+        if self.ca is None:
+            self.prepare(kubeconfig)
+        assert self.ca is not None
+        assert self.kubeconfig is not None
+        etcd_url = self._start_etcd()
+        self._start_apiserver(self.ca, etcd_url, self.port)
         self._start_controller_manager(self.kubeconfig)
         return self.kubeconfig
 
@@ -130,21 +209,37 @@ class LocalControlPlane:
         wait_until(etcd, lambda: _http_ok(f"{client_url}/health"), timeout=self.ready_timeout)
         return client_url
 
+    def _node_flags(self, ca: CertificateAuthority) -> list[str]:
+        if not self.with_node:
+            return ["--endpoint-reconciler-type=none"]
+        # The apiserver's identity towards the kubelet (logs, exec, port-forward).
+        client = ca.issue_client(
+            self.pki,
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            ("system:masters",),
+        )
+        return [
+            "--endpoint-reconciler-type=lease",
+            f"--kubelet-client-certificate={client.cert_path}",
+            f"--kubelet-client-key={client.key_path}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
     def _start_apiserver(self, ca: CertificateAuthority, etcd_url: str, port: int) -> None:
         pki = ca.pair.cert_path.parent
-        serving = ca.issue_serving(
-            pki,
-            "apiserver",
-            [
-                "127.0.0.1",
-                "localhost",
-                "10.0.0.1",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-        )
+        hosts = [
+            "127.0.0.1",
+            "localhost",
+            "10.0.0.1",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+        if self.with_node:
+            hosts.append(self.address)
+        serving = ca.issue_serving(pki, "apiserver", hosts)
         sa_key = write_service_account_key(pki / "sa.key")
         tokens = pki / "tokens.csv"
         tokens.write_text(f"{ADMIN_TOKEN},admin,admin,system:masters\n")
@@ -154,22 +249,23 @@ class LocalControlPlane:
                 str(self.binary),
                 "kube-apiserver",
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
+                f"--bind-address={self.address}",
                 f"--secure-port={port}",
-                "--advertise-address=127.0.0.1",
-                "--endpoint-reconciler-type=none",
+                f"--advertise-address={self.address}",
                 f"--tls-cert-file={serving.cert_path}",
                 f"--tls-private-key-file={serving.key_path}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--client-ca-file={ca.pair.cert_path}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={sa_key}",
                 f"--service-account-signing-key-file={sa_key}",
                 f"--token-auth-file={tokens}",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
                 "--allow-privileged=true",
-                "--disable-admission-plugins=ServiceAccount",
                 "--shutdown-delay-duration=0s",
                 f"--cert-dir={pki}",
+                *self._node_flags(ca),
             ],
         )
         context = ssl.create_default_context(cafile=str(ca.pair.cert_path))
@@ -181,7 +277,9 @@ class LocalControlPlane:
         )
 
     def _start_controller_manager(self, kubeconfig: Path) -> None:
+        assert self.ca is not None
         port = free_port()
+        controllers = _CONTROLLERS + (_NODE_CONTROLLERS if self.with_node else [])
         manager = self.supervisor.start(
             "kube-controller-manager",
             [
@@ -194,7 +292,8 @@ class LocalControlPlane:
                 "--use-service-account-credentials=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
-                f"--controllers={_CONTROLLERS}",
+                f"--controllers={','.join(controllers)}",
+                f"--root-ca-file={self.ca.pair.cert_path}",
                 f"--cert-dir={self.workdir / 'kcm-certs'}",
             ],
         )

@@ -1,28 +1,31 @@
-"""`make demo`: the whole system live on one machine, then a summary.
+"""`make demo`: the whole system on real pods, installed the way users install it.
 
-Starts the local environment (a control plane, or the cluster of a given
-kubeconfig, and Redis), the CRDs, the operator with its webhook, beat and the
-local pod runner; serves a small HTTP endpoint for the HTTP check; applies
-examples/ into the `demo` namespace; shows a live view of `kubectl get st,wp`
-until the time is up or Ctrl-C; prints what happened (runs by state, retries,
-scale events) and stops everything it started.
+Starts a local control plane and a real node (or uses the cluster of a given
+kubeconfig), builds and imports the images, installs the chart with
+`helm install --wait` (operator, two beats and the bundled Redis, each Ready
+through its own probes), applies examples/ into the `demo` namespace (Pod
+Security "restricted"), whose pools run the examples' image built FROM the
+worker image, shows a live view of `kubectl get st,wp` and the pods until the
+time is up or Ctrl-C, prints what happened (runs by state, retries, scale
+events, checks the health endpoint answered) and stops everything it started.
 
 The burst example gets a `beatkeeper.dev/run-now` token when applied, so the
-pool's scale-up and scale-down show in the first minute instead of waiting
-for its schedule.
+pool's scale-up and scale-down show in the first minute instead of waiting for
+its schedule.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,60 +33,19 @@ from typing import Any
 import yaml
 
 from beatkeeper.devenv.environment import Environment, local_environment
-from beatkeeper.devenv.kube import install_crds, kubectl
-from beatkeeper.devenv.system import start_system
+from beatkeeper.devenv.helm import Helm, ensure_helm
+from beatkeeper.devenv.images import ensure_images
+from beatkeeper.devenv.kube import kubectl
 from beatkeeper_core.settings import DevSettings
 
 NAMESPACE = "demo"
-EXAMPLE_URL = "http://127.0.0.1:8099/health"  # what examples/http-check.yaml names
+RELEASE = "bk"
+RELEASE_NAMESPACE = "beatkeeper-system"
 BURST_TASK = "fan-out"
 RUN_NOW = "beatkeeper.dev/run-now"
-# On a cluster with nodes, the pools' pods must wait for the local pod runner
-# rather than be scheduled onto a node that cannot pull the example image.
-LOCAL_NODE_SELECTOR = {"beatkeeper.dev/pod-runner": "local"}
+RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
 STATES = ("succeeded", "failed", "retries", "missed", "skipped")
 Say = Callable[[str], None]
-
-
-class _Health(BaseHTTPRequestHandler):
-    """The endpoint the HTTP-check example calls: 200 on /health, counted."""
-
-    hits = 0
-
-    def do_GET(self) -> None:
-        ok = self.path.startswith("/health")
-        if ok:
-            type(self).hits += 1
-        body = b'{"status": "ok"}' if ok else b"not found"
-        self.send_response(200 if ok else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the live view is the output."""
-
-
-@dataclass
-class Endpoint:
-    """The demo's HTTP endpoint on a free 127.0.0.1 port."""
-
-    server: ThreadingHTTPServer
-
-    @classmethod
-    def start(cls) -> Endpoint:
-        _Health.hits = 0
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-        threading.Thread(target=server.serve_forever, name="demo-endpoint", daemon=True).start()
-        return cls(server)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/health"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
@@ -107,28 +69,53 @@ class Stopper:
                 signal.signal(sig, handler)
 
 
-def example_documents(examples: Path, url: str, *, local_cluster: bool) -> list[dict[str, Any]]:
-    """The example manifests, pools first, adjusted to this machine.
-
-    The HTTP check calls the demo's endpoint; the burst task gets a run-now
-    token; on a cluster with nodes the pools' pods wait for the pod runner.
-    """
+def example_documents(examples: Path) -> list[dict[str, Any]]:
+    """The example manifests, pools first; the burst task gets a run-now token."""
     documents: list[dict[str, Any]] = []
     for path in sorted(examples.glob("*.yaml")):
-        text = path.read_text().replace(EXAMPLE_URL, url)
-        documents += [doc for doc in yaml.safe_load_all(text) if doc]
+        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     for doc in documents:
         meta = doc.setdefault("metadata", {})
         if doc["kind"] == "ScheduledTask" and meta["name"] == BURST_TASK:
             meta.setdefault("annotations", {})[RUN_NOW] = f"demo-{int(time.time())}"
-        if doc["kind"] == "WorkerPool" and not local_cluster:
-            template = doc["spec"].setdefault("template", {})
-            template["nodeSelector"] = {**template.get("nodeSelector", {}), **LOCAL_NODE_SELECTOR}
     return sorted(documents, key=lambda doc: doc["kind"] != "WorkerPool")
 
 
+def install_chart(env: Environment, helm: Helm, chart: Path, say: Say) -> str:
+    """`helm install --wait` with the bundled Redis; returns the Redis URL it made."""
+    started = time.monotonic()
+    say(f"helm install {RELEASE} {chart.relative_to(chart.parents[1])} -n {RELEASE_NAMESPACE}")
+    kubectl(env.kubeconfig, "create", "namespace", RELEASE_NAMESPACE, check=False)
+    kubectl(env.kubeconfig, "label", "--overwrite", "namespace", RELEASE_NAMESPACE, RESTRICTED)
+    helm(
+        "install",
+        RELEASE,
+        str(chart),
+        "-n",
+        RELEASE_NAMESPACE,
+        "--set",
+        "redis.bundled.enabled=true",
+        "--wait",
+        "--timeout=5m",
+    )
+    say(f"chart installed and Ready in {time.monotonic() - started:.0f} s")
+    secret = kubectl(
+        env.kubeconfig,
+        "get",
+        "secret",
+        f"{RELEASE}-beatkeeper-redis",
+        "-n",
+        RELEASE_NAMESPACE,
+        "-o",
+        "jsonpath={.data.url}",
+    ).stdout
+    return base64.b64decode(secret).decode()
+
+
 def prepare_namespace(env: Environment, redis_url: str) -> None:
+    """The team namespace, as a user makes it: restricted, with the pools' broker Secret."""
     kubectl(env.kubeconfig, "create", "namespace", NAMESPACE, check=False)
+    kubectl(env.kubeconfig, "label", "--overwrite", "namespace", NAMESPACE, RESTRICTED)
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -144,7 +131,7 @@ def apply_examples(env: Environment, documents: list[dict[str, Any]]) -> None:
 
 
 def live_view(env: Environment, seconds: float | None, stop: threading.Event) -> None:
-    """Redraw `kubectl get st,wp` until the deadline or a stop signal.
+    """Redraw `kubectl get st,wp` and the pods until the deadline or a stop signal.
 
     In a terminal the screen is redrawn every 2 s; otherwise (CI, a pipe) a
     table is appended every 10 s.
@@ -153,10 +140,15 @@ def live_view(env: Environment, seconds: float | None, stop: threading.Event) ->
     deadline = time.monotonic() + seconds if seconds else None
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
         table = kubectl(env.kubeconfig, "get", "st,wp", "-n", NAMESPACE, check=False).stdout
+        pods = kubectl(env.kubeconfig, "get", "pods", "-n", NAMESPACE, check=False).stdout
         left = f"{deadline - time.monotonic():.0f} s left" if deadline else "Ctrl-C to stop"
         stamp = time.strftime("%H:%M:%S")
         header = f"Beatkeeper demo: kubectl get st,wp -n {NAMESPACE}  ({stamp}, {left})"
-        sys.stdout.write(("\033[H\033[J" if interactive else "\n") + f"{header}\n\n{table}")
+        pods_header = f"kubectl get pods -n {NAMESPACE}"
+        sys.stdout.write(
+            ("\033[H\033[J" if interactive else "\n")
+            + f"{header}\n\n{table}\n{pods_header}\n{pods}"
+        )
         sys.stdout.flush()
         wait = 2.0 if interactive else 10.0
         if deadline is not None:
@@ -167,6 +159,14 @@ def live_view(env: Environment, seconds: float | None, stop: threading.Event) ->
 def _get(env: Environment, *args: str) -> list[dict[str, Any]]:
     found = kubectl(env.kubeconfig, "get", *args, "-n", NAMESPACE, "-o", "json")
     return list(json.loads(found.stdout)["items"])
+
+
+def endpoint_hits(env: Environment) -> int:
+    """Checks the health endpoint answered, counted from its own log."""
+    logs = kubectl(
+        env.kubeconfig, "logs", "deploy/health-endpoint", "-n", NAMESPACE, check=False
+    ).stdout
+    return sum('"GET /health' in line for line in logs.splitlines())
 
 
 def summary(env: Environment) -> dict[str, Any]:
@@ -186,6 +186,15 @@ def summary(env: Environment) -> dict[str, Any]:
         for e in sorted(_get(env, "events"), key=lambda e: e.get("lastTimestamp") or "")
         if e["reason"] == "Scaled"
     ]
+    # Which runtime ran the pods' containers (containerd:// on the local node).
+    runtimes = sorted(
+        {
+            status.get("containerID", "").split("://", 1)[0]
+            for pod in _get(env, "pods")
+            for status in (pod.get("status") or {}).get("containerStatuses") or []
+            if status.get("containerID")
+        }
+    )
     return {
         "tasks": per_task,
         "runs_by_state": {
@@ -196,7 +205,8 @@ def summary(env: Environment) -> dict[str, Any]:
         "retries": sum(row["retries"] for row in per_task.values()),
         "pools_desired_replicas": pools,
         "scale_events": scaled,
-        "endpoint_hits": _Health.hits,
+        "endpoint_hits": endpoint_hits(env),
+        "container_runtimes": runtimes,
     }
 
 
@@ -212,7 +222,7 @@ def print_summary(result: dict[str, Any]) -> None:
         )
     runs = ", ".join(f"{state} {count}" for state, count in result["runs_by_state"].items())
     print(f"runs: {runs}; retries: {result['retries']}")
-    print(f"HTTP endpoint answered {result['endpoint_hits']} checks")
+    print(f"the health endpoint answered {result['endpoint_hits']} checks")
     print(f"scale events: {len(result['scale_events'])}")
     for message in result["scale_events"][-8:]:
         print(f"  {message}")
@@ -227,26 +237,29 @@ def run_demo(
     external_kubeconfig: Path | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary. Every process it starts is stopped on return."""
-    examples = settings.crds_dir.parent / "examples"
+    repo = settings.crds_dir.parent
     kubeconfig = None if external_kubeconfig else settings.state_dir / "demo-kubeconfig"
-    with local_environment(
-        settings,
-        redis=True,
-        kubeconfig=kubeconfig,
-        external_kubeconfig=external_kubeconfig,
-        progress=say,
-    ) as env:
-        assert env.redis_url is not None
-        install_crds(env.kubeconfig, settings.crds_dir)
-        say("CRDs installed")
-        start_system(env, say, worker_path=[examples])
-        endpoint = Endpoint.start()
+    if external_kubeconfig is not None:
+        images = ensure_images(settings, say)
+        archives = ", ".join(str(built.archive) for built in images.values())
+        say(f"using an existing cluster: its nodes need the images (archives: {archives})")
+    with (
+        local_environment(
+            settings,
+            redis=False,
+            node=external_kubeconfig is None,
+            kubeconfig=kubeconfig,
+            external_kubeconfig=external_kubeconfig,
+            progress=say,
+        ) as env,
+        tempfile.TemporaryDirectory(prefix="beatkeeper-helm-") as helm_home,
+    ):
+        helm = Helm(ensure_helm(settings, say), env.kubeconfig, Path(helm_home))
         try:
             with Stopper().installed() as stop:
-                prepare_namespace(env, env.redis_url)
-                documents = example_documents(
-                    examples, endpoint.url, local_cluster=env.local_cluster
-                )
+                redis_url = install_chart(env, helm, repo / "charts" / "beatkeeper", say)
+                prepare_namespace(env, redis_url)
+                documents = example_documents(repo / "examples")
                 apply_examples(env, documents)
                 names = ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
                 say(f"applied {names} in namespace {NAMESPACE}")
@@ -255,11 +268,13 @@ def run_demo(
                 live_view(env, seconds, stop)
                 result = summary(env)
                 print_summary(result)
-                if not env.local_cluster:  # leave the cluster as it was
-                    say(f"deleting namespace {NAMESPACE}")
-                    kubectl(env.kubeconfig, "delete", "namespace", NAMESPACE, "--timeout=60s")
         finally:
-            endpoint.stop()
+            if not env.local_cluster:  # leave the cluster as it was
+                say(f"deleting namespace {NAMESPACE} and the release")
+                kubectl(
+                    env.kubeconfig, "delete", "namespace", NAMESPACE, "--timeout=120s", check=False
+                )
+                helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", check=False)
             say("stopping every process the demo started")
     say("stopped; nothing the demo started is running")
     return result

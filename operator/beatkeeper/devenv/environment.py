@@ -1,10 +1,11 @@
-"""The local environment the tests and `beatkeeper dev up` share.
+"""The local environment the tests, `beatkeeper dev up` and the demo share.
 
 `local_environment()` starts what is asked for (a control plane unless an
-existing cluster's kubeconfig is given, and Redis), yields where they are, and
-on exit stops exactly the processes it started and removes its scratch state.
-Component logs are kept under the state directory so that a failing test can
-point to them after the scratch state is gone.
+existing cluster's kubeconfig is given, a real node on it, and Redis), yields
+where they are, and on exit stops exactly the processes it started and removes
+its scratch state; the node's keeper takes back what the node changed on the
+machine. Component logs are kept under the state directory so that a failing
+test can point to them after the scratch state is gone.
 """
 
 from __future__ import annotations
@@ -13,13 +14,22 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from beatkeeper.devenv.build import ensure_cluster_binary
+from beatkeeper.devenv.build import ensure_cluster_binary, ensure_coredns
 from beatkeeper.devenv.cluster import LocalControlPlane
+from beatkeeper.devenv.images import Built, ensure_images
+from beatkeeper.devenv.node import (
+    GATEWAY,
+    NODE_NAME,
+    NodeConfig,
+    node_home,
+    start_keeper,
+    wait_node_ready,
+)
 from beatkeeper.devenv.processes import Supervisor
 from beatkeeper.devenv.redis import start_redis
 from beatkeeper_core.settings import DevSettings
@@ -35,6 +45,8 @@ class Environment:
     log_dir: Path
     local_cluster: bool
     supervisor: Supervisor
+    images: dict[str, Built] = field(default_factory=dict)  # imported into the node
+    node: str | None = None  # the node's name, when one runs
 
     def kube_env(self) -> dict[str, str]:
         """os.environ for a child (kubectl, the operator) pointed at this cluster."""
@@ -63,16 +75,32 @@ def local_environment(
     settings: DevSettings,
     *,
     redis: bool = True,
+    node: bool = False,
     kubeconfig: Path | None = None,
     external_kubeconfig: Path | None = None,
+    extra_images: Sequence[tuple[str, Path, Sequence[str]]] = (),
     progress: Progress = lambda _message: None,
 ) -> Iterator[Environment]:
-    """Start a control plane (or use `external_kubeconfig`) and, if asked, Redis."""
+    """Start a control plane (or use `external_kubeconfig`), a node if asked, and Redis.
+
+    `extra_images`: more images FROM the worker image for the node (name, context,
+    files), as `beatkeeper.devenv.images.ensure_images` takes them.
+    """
+    if node and external_kubeconfig is not None:
+        raise ValueError("a local node joins the local control plane, not an existing cluster")
     log_dir = _new_log_dir(settings.state_dir)
     supervisor = Supervisor(log_dir)
     scratch = Path(tempfile.mkdtemp(prefix="beatkeeper-"))
+    images: dict[str, Built] = {}
     try:
-        if external_kubeconfig is None:
+        if external_kubeconfig is not None:
+            config_path = external_kubeconfig
+        elif node:
+            images = ensure_images(settings, progress, extra_images)
+            config_path = _start_with_node(
+                settings, scratch, supervisor, kubeconfig, images=images, progress=progress
+            )
+        else:
             binary = ensure_cluster_binary(settings, progress)
             plane = LocalControlPlane(binary, scratch, supervisor)
             _timed(
@@ -82,13 +110,14 @@ def local_environment(
             )
             assert plane.kubeconfig is not None
             config_path = plane.kubeconfig
-        else:
-            config_path = external_kubeconfig
         redis_url = None
         if redis:
             started = time.monotonic()
             _component, redis_url = start_redis(
-                supervisor, scratch / "redis", settings.redis_server
+                supervisor,
+                scratch / "redis",
+                settings.redis_server,
+                pod_network=GATEWAY if node else None,
             )
             progress(f"redis ready in {time.monotonic() - started:.1f} s at {redis_url}")
         yield Environment(
@@ -97,9 +126,56 @@ def local_environment(
             log_dir=log_dir,
             local_cluster=external_kubeconfig is None,
             supervisor=supervisor,
+            images=images,
+            node=NODE_NAME if node else None,
         )
     finally:
         supervisor.stop_all()
         shutil.rmtree(scratch, ignore_errors=True)
         if kubeconfig is not None and external_kubeconfig is None:
             kubeconfig.unlink(missing_ok=True)
+
+
+def _start_with_node(
+    settings: DevSettings,
+    scratch: Path,
+    supervisor: Supervisor,
+    kubeconfig: Path | None,
+    *,
+    images: dict[str, Built],
+    progress: Progress,
+) -> Path:
+    """The node's network first (the apiserver binds to it), then the control plane."""
+    started = time.monotonic()
+    binary = ensure_cluster_binary(settings, progress)
+    plane = LocalControlPlane(binary, scratch, supervisor, address=GATEWAY)
+    config_path = plane.prepare(kubeconfig)
+    credentials = plane.node_credentials(NODE_NAME)
+    assert plane.ca is not None
+    config = NodeConfig(
+        cluster_binary=str(binary),
+        coredns_binary=str(ensure_coredns(settings, progress)),
+        home=str(node_home(settings.cache_dir)),
+        log_dir=str(supervisor.log_dir),
+        apiserver=plane.server,
+        ca_file=str(plane.ca.pair.cert_path),
+        admin_kubeconfig=str(config_path),
+        kubelet_kubeconfig=str(credentials.kubelet),
+        scheduler_kubeconfig=str(credentials.scheduler),
+        proxy_kubeconfig=str(credentials.proxy),
+        dns_kubeconfig=str(credentials.dns),
+        images=[built.as_import() for built in images.values()],
+    )
+    progress("starting the node's network and containerd (images imported as needed)")
+    keeper = start_keeper(supervisor, config, scratch / "node.json")
+    _timed(
+        progress,
+        f"control plane (etcd, kube-apiserver, controller-manager) on {GATEWAY}",
+        lambda: plane.start(kubeconfig),
+    )
+    wait_node_ready(keeper)
+    progress(
+        f"node {NODE_NAME} Ready after {time.monotonic() - started:.1f} s "
+        "(containerd, kubelet, kube-scheduler, kube-proxy, cluster DNS)"
+    )
+    return config_path

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from beatkeeper.devenv.build import BuildFailed, GoBuild, Progress, _exclusive, _go_version
@@ -126,6 +128,37 @@ def ensure_helm(
             shutil.rmtree(gobin, ignore_errors=True)
         report(f"built {binary} in {time.monotonic() - started:.0f} s")
     return binary
+
+
+class HelmFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Helm:
+    """The cached helm against one cluster, with its own config and cache folders."""
+
+    binary: Path
+    kubeconfig: Path
+    home: Path
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ)
+        for part in ("CONFIG", "CACHE", "DATA"):
+            env[f"HELM_{part}_HOME"] = str(self.home / part.lower())
+        result = subprocess.run(
+            [str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise HelmFailed(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
 
 
 def _print_progress(message: str) -> None:

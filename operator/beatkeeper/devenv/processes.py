@@ -42,6 +42,9 @@ class Component:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    # Seconds it gets between SIGTERM and SIGKILL when its supervisor stops everything
+    # (None: the supervisor's grace). The node's keeper needs longer: it cleans up.
+    stop_grace: float | None = None
 
     @property
     def pid(self) -> int:
@@ -104,7 +107,8 @@ class Supervisor:
 
     def stop_all(self, grace: float = 10.0) -> None:
         while self.components:
-            self.stop(self.components[-1], grace)
+            last = self.components[-1]
+            self.stop(last, grace if last.stop_grace is None else last.stop_grace)
 
     def pids(self) -> list[int]:
         return [c.pid for c in self.components if c.running()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from pathlib import Path
 
@@ -23,20 +24,40 @@ def _pings(url: str) -> bool:
 
 
 def start_redis(
-    supervisor: Supervisor, workdir: Path, executable: str = "redis-server"
+    supervisor: Supervisor,
+    workdir: Path,
+    executable: str = "redis-server",
+    *,
+    pod_network: str | None = None,
 ) -> tuple[Component, str]:
-    """Start redis-server; return the component and its URL."""
+    """Start redis-server; return the component and its URL.
+
+    With `pod_network` (the node's gateway address) Redis also listens there, so
+    pods reach it, and asks for a password; the URL then names that address,
+    which the host reaches too.
+    """
     if shutil.which(executable) is None:
         raise RedisMissing(f"{executable} not found; install it with: apt-get install redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
+    exposed: list[str] = []
+    if pod_network is not None:
+        password = secrets.token_hex(16)
+        url = f"redis://:{password}@{pod_network}:{port}/0"
+        # The password goes in through a file, so it never shows in the process list.
+        config = workdir / "redis.conf"
+        config.write_text(f"requirepass {password}\n")
+        config.chmod(0o600)
+        exposed = [str(config)]
     component = supervisor.start(
         "redis",
         [
             executable,
+            *exposed,
             "--bind",
             "127.0.0.1",
+            *([pod_network] if pod_network else []),
             "--port",
             str(port),
             "--dir",

@@ -1,27 +1,23 @@
-"""Beatkeeper's own processes on top of the local environment: operator, beat, pod runner.
+"""The operator and beat as host processes on top of the local environment.
 
-`start_system` runs them as real processes (the same console script a pod
-runs) under the environment's supervisor, pointed at its cluster and Redis,
-and waits until the operator serves its admission webhook, beat holds its
-lock and the pod runner (the local stand-in for a kubelet, which runs real
-workers for WorkerPool pods) watches pods. Used by `beatkeeper dev up` and
-`make demo`.
+`start_system` runs them as real processes (the same console script their
+pods run) under the environment's supervisor, pointed at its cluster and
+Redis, and waits until the operator serves its admission webhook and beat
+holds its lock: `beatkeeper dev up`'s fast inner loop, where a code change
+needs a restart, not an image. WorkerPool pods run on the environment's node.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from beatkeeper.devenv.environment import Environment
 from beatkeeper.devenv.kube import kubectl
-from beatkeeper.devenv.podrunner import READY_LINE
-from beatkeeper.devenv.processes import Component, Supervisor, wait_until
+from beatkeeper.devenv.processes import Component, wait_until
 
 WEBHOOK_CONFIG = "beatkeeper.dev"
 
@@ -30,7 +26,6 @@ WEBHOOK_CONFIG = "beatkeeper.dev"
 class System:
     operator: Component
     beat: Component
-    pod_runner: Component
 
 
 def system_env(env: Environment, **extra: str) -> dict[str, str]:
@@ -80,34 +75,11 @@ def start_beat(env: Environment, name: str = "beat", **extra: str) -> Component:
     return component
 
 
-def start_pod_runner(
-    env: Environment, supervisor: Supervisor | None = None, *, python_path: Sequence[Path] = ()
-) -> Component:
-    """Real workers for WorkerPool pods, importing task modules from `python_path` too."""
-    child = env.kube_env()
-    child.pop("BEATKEEPER_KUBECONFIG", None)
-    child["PYTHONUNBUFFERED"] = "1"
-    if python_path:
-        child["PYTHONPATH"] = os.pathsep.join(str(path) for path in python_path)
-    argv = [sys.executable, "-m", "beatkeeper.devenv.podrunner", f"--log-dir={env.log_dir}"]
-    component = (supervisor or env.supervisor).start("podrunner", argv, env=child)
-    wait_until(component, lambda: READY_LINE in component.log_path.read_text(), timeout=60)
-    return component
-
-
-def start_system(
-    env: Environment,
-    progress: Callable[[str], None] = lambda _m: None,
-    *,
-    worker_path: Sequence[Path] = (),
-) -> System:
-    """`worker_path`: folders the pod runner's workers import task modules from."""
+def start_system(env: Environment, progress: Callable[[str], None] = lambda _m: None) -> System:
     started = time.monotonic()
     progress("starting the operator (kopf, admission webhook on 127.0.0.1)")
     operator = start_operator(env)
     progress(f"operator ready in {time.monotonic() - started:.1f} s; starting beat")
     beat = start_beat(env)
     progress(f"beat holds the schedule lock after {time.monotonic() - started:.1f} s")
-    pod_runner = start_pod_runner(env, python_path=worker_path)
-    progress(f"pod runner watches WorkerPool pods after {time.monotonic() - started:.1f} s")
-    return System(operator=operator, beat=beat, pod_runner=pod_runner)
+    return System(operator=operator, beat=beat)
