@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
-# Each installs what it needs (.venv/, pip packages, redis-server, the Go build of
-# the control plane, cached under ~/.cache/beatkeeper) and is quick once it exists.
+# Each installs what it needs (.venv/, pip packages, Debian packages: redis-server and the
+# node's containerd, runc, CNI plugins, buildah, debootstrap; the Go builds of the control
+# plane, CoreDNS and helm; the images), cached under ~/.cache/beatkeeper, and is quick once
+# it exists.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all test test-unit test-integration test-e2e test-kind lint demo \
+.PHONY: all test test-unit test-integration test-e2e test-kind lint demo images \
 	system-deps venv cluster-binary helm chart-crds chart-lint clean
 
 all: test
@@ -27,9 +29,14 @@ venv: $(STAMP)
 system-deps:
 	@scripts/ensure-system-deps
 
-# Builds the control plane once (a cold build takes minutes and prints progress).
+# Builds the control plane and node binary and CoreDNS once (cold: minutes, with progress).
 cluster-binary: venv
 	@$(BIN)/python -m beatkeeper.devenv.build >/dev/null
+
+# Builds the images from the Dockerfiles (offline, buildah) when their inputs changed, and
+# imports them into the local node if one runs; a node imports them when it starts.
+images: venv system-deps
+	@$(BIN)/python -m beatkeeper.devenv.images --sizes
 
 # Builds helm from its Go module once (cached under ~/.cache/beatkeeper; cold ~4 min).
 helm: venv
@@ -42,8 +49,10 @@ chart-crds: venv
 chart-lint: helm
 	$$($(BIN)/python -m beatkeeper.devenv.helm) lint --strict charts/beatkeeper
 
-test: venv system-deps cluster-binary helm
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Two pytest sessions: one node runs per machine, and the own_node tests start their own.
+test: venv system-deps cluster-binary helm images
+	$(BIN)/python -m pytest -m "not own_node" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m own_node $(PYTEST_ARGS)
 
 test-unit: venv helm
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
@@ -51,13 +60,14 @@ test-unit: venv helm
 test-integration: venv system-deps
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
-test-e2e: venv system-deps cluster-binary helm
-	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+test-e2e: venv system-deps cluster-binary helm images
+	$(BIN)/python -m pytest -m "e2e and not own_node" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m own_node $(PYTEST_ARGS)
 
 # Needs a Docker engine: pytest-kind creates a kind cluster for the end-to-end tier.
 test-kind: venv system-deps
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,kind]'
-	BEATKEEPER_KIND=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	BEATKEEPER_KIND=1 $(BIN)/python -m pytest -m "not own_node" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check core operator worker_image tests bench
@@ -66,7 +76,7 @@ lint: venv
 
 # DEMO_SECONDS=N bounds it; with KUBECONFIG set it uses that cluster instead of
 # starting a control plane (so the Go build is skipped too).
-demo: venv system-deps $(if $(KUBECONFIG),,cluster-binary)
+demo: venv system-deps helm images $(if $(KUBECONFIG),,cluster-binary)
 	@$(BIN)/beatkeeper demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS)) \
 		$(if $(KUBECONFIG),--cluster $(KUBECONFIG))
 

@@ -1,13 +1,13 @@
 """Queue-aware autoscaling, measured end to end, next to KEDA's documented defaults.
 
-A real local control plane (kube-apiserver and controller-manager), Redis, the
-operator, beat and the local pod runner, which starts one real `beatkeeper
-worker` process per pod and reports it Ready. Two measurements:
+A real local control plane (kube-apiserver and controller-manager) with a real
+node (kubelet, containerd: worker pods of the worker image), Redis on the pod
+network, the operator and beat. Two measurements:
 
 1. Burst: N runs of `beatkeeper.sleep` land at once on the queue of a pool at
    zero replicas. Measured from the publish: the Deployment's replicas raised
-   (the operator's decision), the first worker Ready (includes the process
-   start), every run finished (backlog drained), and the Deployment back at
+   (the operator's decision), the first worker Ready (includes the pod's
+   start: sandbox, container, Celery), every run finished (backlog drained), and the Deployment back at
    zero (after the scale-down window). Repeated `--rounds` times; medians.
 2. Pre-warm: a ScheduledTask with a one-off `at` slot targets a pool at zero,
    once with `prewarmSeconds` and once with pre-warm off. Cold-start lateness =
@@ -51,6 +51,7 @@ KEDA_COOLDOWN_PERIOD_S = 300  # ScaledObject cooldownPeriod default
 CONCURRENCY = 2
 MAX_REPLICAS = 4
 SAMPLE_S = 0.05
+WORKER_IMAGE = "beatkeeper-worker:0.1.0"  # built and imported into the node by `make images`
 
 
 def pool(name: str, *, window: int, prewarm: int) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def pool(name: str, *, window: int, prewarm: int) -> dict[str, Any]:
         "kind": "WorkerPool",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
-            "image": "beatkeeper-worker:dev",
+            "image": WORKER_IMAGE,
             "allowedTasks": ["beatkeeper.*"],
             "concurrency": CONCURRENCY,
             "autoscaling": {
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prewarm", type=int, default=10, help="prewarmSeconds of the slot pool")
     args = parser.parse_args(argv)
     settings = DevSettings.from_env(os.environ)
-    with local_environment(settings, redis=True) as env:
+    with local_environment(settings, redis=True, node=True) as env:
         assert env.redis_url is not None
         install_crds(env.kubeconfig, settings.crds_dir)
         start_system(env)

@@ -1,9 +1,15 @@
-"""Shared fixtures: one control plane and one Redis per session, a namespace per test.
+"""Shared fixtures: one control plane with a real node and one Redis per session.
 
 Tiers follow the folders: tests/unit (no processes), tests/integration (real
-Redis and Celery), tests/e2e (the real kube-apiserver too). Set
-BEATKEEPER_KUBECONFIG to run the end-to-end tier against an existing cluster,
-or BEATKEEPER_KIND=1 (`make test-kind`) to have pytest-kind create a kind cluster.
+Redis and Celery), tests/e2e (the real kube-apiserver, a real node that runs
+the project's images as pods, Redis and Celery). Set BEATKEEPER_KUBECONFIG to
+run the end-to-end tier against an existing cluster, or BEATKEEPER_KIND=1
+(`make test-kind`) to have pytest-kind create a kind cluster.
+
+Tests marked `own_node` start their own control plane and node (the demo,
+`beatkeeper dev up --only node`). One node runs on a machine at a time, so
+they run in a pytest session of their own: `make test` runs the two sessions
+one after the other, and selecting both kinds in one session is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from beatkeeper_core.settings import DevSettings
 REPO = Path(__file__).resolve().parents[1]
 _TIERS = ("unit", "integration", "e2e")
 _LOG_DIRS: list[Path] = []
+# The end-to-end tier's worker image: FROM the worker image, with tests/e2e/e2e_tasks.py.
+E2E_IMAGE = ("beatkeeper-e2e-worker", REPO / "tests" / "e2e", ("Dockerfile", "e2e_tasks.py"))
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -42,6 +50,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = Path(str(item.path)).relative_to(REPO / "tests").parts[0]
         if tier in _TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    own = [item for item in session.items if item.get_closest_marker("own_node")]
+    shared = [
+        item
+        for item in session.items
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("own_node")
+    ]
+    if own and shared:
+        raise pytest.UsageError(
+            f"{len(own)} selected tests start their own node (own_node) and {len(shared)} use "
+            "the session's; one node runs per machine, so run them apart: "
+            "`pytest -m 'not own_node'` then `pytest -m own_node` (what `make test` does)"
+        )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -64,9 +87,23 @@ def cluster(request: pytest.FixtureRequest, dev_settings: DevSettings) -> Iterat
     external = dev_settings.external_kubeconfig
     if external is None and os.environ.get("BEATKEEPER_KIND") == "1":
         external = Path(request.getfixturevalue("kind_cluster").kubeconfig_path)
-    with local_environment(dev_settings, redis=False, external_kubeconfig=external) as env:
+    with local_environment(
+        dev_settings,
+        redis=False,
+        node=external is None,
+        external_kubeconfig=external,
+        extra_images=[E2E_IMAGE],
+    ) as env:
         _LOG_DIRS.append(env.log_dir)
         yield env
+
+
+@pytest.fixture(scope="session")
+def worker_image(cluster: Environment) -> str:
+    """The image of the tests' worker pods: the worker image plus e2e_tasks.py."""
+    built = cluster.images.get(E2E_IMAGE[0])
+    assert built is not None, "the end-to-end worker image needs the local node (or load it)"
+    return built.ref.removeprefix("docker.io/library/")
 
 
 @pytest.fixture(scope="session")

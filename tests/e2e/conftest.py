@@ -1,4 +1,10 @@
-"""End-to-end fixtures: the operator as a real process against the session's cluster."""
+"""End-to-end fixtures: the operator and beat as real processes against the session's cluster.
+
+The session's cluster has a real node; its Redis listens on the pod network too,
+so worker pods and host processes share it. The host operator watches only the
+`t-*` namespaces the `namespace` fixture makes: tests that install the chart use
+other namespaces, which the chart's own operator (in a pod) serves alone.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_helpers import eventually
+from e2e_helpers import FAST_WORKER, eventually
 
 from beatkeeper.devenv.environment import Environment
 from beatkeeper.devenv.kube import kubectl
+from beatkeeper.devenv.node import GATEWAY
 from beatkeeper.devenv.processes import Component, Supervisor
+from beatkeeper.devenv.redis import start_redis
+from beatkeeper_core.settings import DevSettings
 
 WEBHOOK_CONFIG = "beatkeeper.dev"
+HOST_OPERATOR_NAMESPACES = "t-*"  # the `namespace` fixture's names
 
 
 @dataclass
@@ -88,10 +98,32 @@ def _probe_task() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def redis_url(cluster: Environment, dev_settings: DevSettings) -> Iterator[str]:
+    """The session's Redis, on the node's pod network when there is a node."""
+    supervisor = Supervisor(cluster.log_dir / "session-redis")
+    try:
+        _component, url = start_redis(
+            supervisor,
+            cluster.log_dir / "session-redis" / "data",
+            dev_settings.redis_server,
+            pod_network=GATEWAY if cluster.node else None,
+        )
+        yield url
+    finally:
+        supervisor.stop_all()
+
+
+@pytest.fixture(scope="session")
 def operator(
     cluster: Environment, crds: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    env = service_env(cluster, redis_url, BEATKEEPER_RESYNC_SECONDS="2", BEATKEEPER_WEBHOOK="local")
+    env = service_env(
+        cluster,
+        redis_url,
+        BEATKEEPER_RESYNC_SECONDS="2",
+        BEATKEEPER_WEBHOOK="local",
+        BEATKEEPER_NAMESPACES=HOST_OPERATOR_NAMESPACES,
+    )
     supervisor = Supervisor(cluster.log_dir)
     process = OperatorProcess(cluster, supervisor, env)
     process.start()
@@ -103,13 +135,6 @@ def operator(
 
 
 HERE = Path(__file__).resolve().parent
-# Scaled down (production: 15 s lease, 5 s renew, 1 s sweep) so recovery shows in seconds.
-FAST_WORKER = {
-    "BEATKEEPER_LEASE_SECONDS": "3",
-    "BEATKEEPER_LEASE_RENEW_SECONDS": "1",
-    "BEATKEEPER_SWEEP_SECONDS": "0.5",
-    "BEATKEEPER_LIVENESS_SECONDS": "0.5",
-}
 
 
 def service_env(cluster: Environment, redis_url: str, **extra: str) -> dict[str, str]:
@@ -142,7 +167,7 @@ def beat(cluster: Environment, redis_url: str) -> Iterator[Component]:
 
 @dataclass
 class PoolWorkers:
-    """Worker processes for one namespace's pool, started directly (no pod runner)."""
+    """Worker processes for one namespace's pool, started directly (host processes, not pods)."""
 
     cluster: Environment
     redis_url: str
@@ -187,15 +212,3 @@ def pytest_report_header() -> list[str]:
         "beatkeeper e2e: BEATKEEPER_KUBECONFIG="
         + os.environ.get("BEATKEEPER_KUBECONFIG", "(local)")
     ]
-
-
-@pytest.fixture(scope="session")
-def pod_runner(cluster: Environment) -> Iterator[Component]:
-    """The local stand-in for a kubelet: one real worker per WorkerPool pod (e2e tasks loaded)."""
-    from beatkeeper.devenv.system import start_pod_runner
-
-    supervisor = Supervisor(cluster.log_dir)
-    try:
-        yield start_pod_runner(cluster, supervisor, python_path=[HERE])
-    finally:
-        supervisor.stop_all(grace=15)

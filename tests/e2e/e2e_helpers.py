@@ -12,6 +12,14 @@ import pytest
 
 from beatkeeper.devenv.kube import kubectl
 
+# Scaled down (production: 15 s lease, 5 s renew, 1 s sweep) so recovery shows in seconds.
+FAST_WORKER = {
+    "BEATKEEPER_LEASE_SECONDS": "3",
+    "BEATKEEPER_LEASE_RENEW_SECONDS": "1",
+    "BEATKEEPER_SWEEP_SECONDS": "0.5",
+    "BEATKEEPER_LIVENESS_SECONDS": "0.5",
+}
+
 
 def eventually(check: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
     """Poll `check` until it returns something truthy; fail with its docstring."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import redis
 from celery import current_app, shared_task
@@ -51,5 +52,6 @@ def slow(key: str, seconds: float = 1.0) -> None:
     ident = run.run_id if run else "?"
     client = _redis()
     client.hincrby(f"{key}:started", ident, 1)
+    client.hset(f"{key}:host", ident, socket.gethostname())  # the pod, in a pod
     time.sleep(seconds)
     client.hincrby(f"{key}:finished", ident, 1)

@@ -107,6 +107,7 @@ def get(kubeconfig: Path, *args: str) -> Any:
     return json.loads(kubectl(kubeconfig, "get", *args, "-n", "demo", "-o", "json").stdout)
 
 
+@pytest.mark.own_node
 def test_bounded_demo_runs_the_examples_for_real_and_leaves_nothing(demo: DemoRun) -> None:
     kubeconfig = eventually(demo.kubeconfig, timeout=300, interval=0.5)
 

@@ -6,16 +6,16 @@ Every value set in charts/beatkeeper/ci/ is rendered and sent to the apiserver w
 with changed values and `helm uninstall`, and `kubectl auth can-i` shows what the operator's
 ServiceAccount may and may not do in cluster-wide and in namespaced mode.
 
-There is no kubelet: pods are created (and admitted) but never run, so nothing waits for
-readiness. The webhook configuration the release installs is scoped by a namespaceSelector
-that matches no namespace here, so the apiserver never tries to call the webhook Service.
+This release is about what the apiserver accepts and what RBAC grants, so it does not wait
+for readiness (tests/e2e/test_chart_on_node.py runs a release on the node for real). The
+webhook configuration it installs is scoped by a namespaceSelector that matches no namespace
+here, so the apiserver never calls its Service while the other tests run.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ import pytest
 import yaml
 from e2e_helpers import apply, eventually, get_json
 
-from beatkeeper.devenv.helm import ensure_helm
+from beatkeeper.devenv.helm import Helm, ensure_helm
 from beatkeeper.devenv.kube import kubectl
 from beatkeeper_core.settings import DevSettings
 
@@ -39,29 +39,6 @@ RESTRICTED = {
 }
 # A label no namespace carries: the installed webhook configuration never matches.
 NO_WEBHOOK_CALLS = {"matchLabels": {"beatkeeper.dev/e2e-webhook": "never"}}
-
-
-@dataclass(frozen=True)
-class Helm:
-    binary: Path
-    kubeconfig: Path
-    home: Path
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ)
-        for part in ("CONFIG", "CACHE", "DATA"):
-            env[f"HELM_{part}_HOME"] = str(self.home / part.lower())
-        result = subprocess.run(
-            [str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-            timeout=180,
-        )
-        if check:
-            assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
-        return result
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
-"""WorkerPool -> owned Deployment -> real worker processes, scaled by backlog, for real.
+"""WorkerPool -> owned Deployment -> worker pods on the real node, scaled by backlog.
 
 The real kube-apiserver and controller-manager (ReplicaSets, garbage collection),
-Redis, the operator, beat and the local pod runner, which runs one real
-`beatkeeper worker` per pod and reports pods Ready. Namespaces enforce Pod
-Security "restricted", so the pods exist only if the template meets it. Windows
-are scaled down to seconds; the assertions are the product's.
+the node (kubelet, containerd: the pods run the worker image with the tests'
+tasks), Redis, the operator and beat. Namespaces enforce Pod Security
+"restricted", so the pods exist only if the template meets it, and the kubelet
+enforces the security context. Windows are scaled down to seconds; the
+assertions are the product's.
 """
 
 from __future__ import annotations
@@ -18,35 +19,36 @@ from typing import Any
 import kubernetes
 import pytest
 import redis
-from e2e_helpers import apply, condition, eventually, get_json
+from e2e_helpers import FAST_WORKER, apply, condition, eventually, get_json
 from kubernetes.client import AppsV1Api
 
 from beatkeeper.devenv.kube import kubectl
+from beatkeeper.operator.deployments import APP_NAME, NAME_LABEL
 from beatkeeper_core import contract
 from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker.app import create_app
 from beatkeeper_worker.publish import publish_runs
 
 
-def pool(name: str, **spec: Any) -> dict[str, Any]:
+def pool(name: str, image: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "beatkeeper.dev/v1alpha1",
         "kind": "WorkerPool",
         "metadata": {"name": name},
         "spec": {
-            "image": "beatkeeper-worker:dev",
+            "image": image,
+            "imagePullPolicy": "Never",  # imported into the node, never pulled
             "taskModules": ["e2e_tasks"],
             "allowedTasks": ["beatkeeper.*", "e2e.*"],
             "terminationGracePeriodSeconds": 30,
+            "template": {"env": [{"name": k, "value": v} for k, v in FAST_WORKER.items()]},
             **spec,
         },
     }
 
 
 @pytest.fixture
-def team(
-    kubeconfig: Path, namespace: str, redis_url: str, operator: Any, beat: Any, pod_runner: Any
-) -> str:
+def team(kubeconfig: Path, namespace: str, redis_url: str, operator: Any, beat: Any) -> str:
     """A namespace under Pod Security "restricted", with the pools' broker Secret."""
     kubectl(
         kubeconfig,
@@ -82,26 +84,22 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     found.close()
 
 
+WORKER_SELECTOR = f"{NAME_LABEL}={APP_NAME}"
+
+
 def status(kubeconfig: Path, namespace: str, name: str) -> dict[str, Any]:
     return get_json(kubeconfig, "wp", name, "-n", namespace).get("status", {})
 
 
-def worker_pids(namespace: str) -> set[int]:
-    """Main `beatkeeper worker` processes the pod runner runs for pods of `namespace`."""
-    marker = f".{namespace}@%h".encode()
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and any(arg.endswith(marker) for arg in argv):
-            parents[int(entry.name)] = int(fields[1])
-    # Prefork children share the command line; count the processes the runner started.
-    return {pid for pid, parent in parents.items() if parent not in parents}
+def worker_containers(kubeconfig: Path, namespace: str) -> set[str]:
+    """IDs of the worker containers running in `namespace`'s pods, as the kubelet reports them."""
+    pods = get_json(kubeconfig, "pods", "-n", namespace, "-l", WORKER_SELECTOR)["items"]
+    return {
+        status["containerID"]
+        for pod in pods
+        for status in (pod.get("status") or {}).get("containerStatuses") or []
+        if "running" in (status.get("state") or {}) and status.get("containerID")
+    }
 
 
 def events(kubeconfig: Path, namespace: str, name: str, reason: str) -> list[str]:
@@ -112,9 +110,9 @@ def events(kubeconfig: Path, namespace: str, name: str, reason: str) -> list[str
 
 
 def test_pool_owns_a_deployment_of_real_workers_and_kubectl_scale_works(
-    kubeconfig: Path, team: str
+    kubeconfig: Path, team: str, worker_image: str
 ) -> None:
-    apply(kubeconfig, team, pool("p", replicas=2))
+    apply(kubeconfig, team, pool("p", worker_image, replicas=2))
 
     def ready() -> dict[str, Any] | None:
         """WorkerPool Ready with 2/2 replicas ready"""
@@ -126,7 +124,9 @@ def test_pool_owns_a_deployment_of_real_workers_and_kubectl_scale_works(
     assert found["selector"] == (
         "app.kubernetes.io/name=beatkeeper-worker,beatkeeper.dev/workerpool=p"
     )
-    assert len(worker_pids(team)) == 2
+    containers = worker_containers(kubeconfig, team)
+    assert len(containers) == 2
+    assert all(cid.startswith("containerd://") for cid in containers), containers
     owner = get_json(kubeconfig, "wp", "p", "-n", team)["metadata"]["uid"]
     deployment = get_json(kubeconfig, "deployment", "p-workers", "-n", team)
     (reference,) = deployment["metadata"]["ownerReferences"]
@@ -151,7 +151,7 @@ def test_pool_owns_a_deployment_of_real_workers_and_kubectl_scale_works(
         return (
             deployment["spec"]["replicas"] == 1
             and (found.get("replicas"), found.get("readyReplicas")) == (1, 1)
-            and len(worker_pids(team)) == 1
+            and len(worker_containers(kubeconfig, team)) == 1
         )
 
     eventually(scaled_down, timeout=30)
@@ -159,11 +159,16 @@ def test_pool_owns_a_deployment_of_real_workers_and_kubectl_scale_works(
 
 
 def test_burst_scales_up_within_2s_and_down_after_the_window_losing_nothing(
-    kubeconfig: Path, team: str, redis_url: str, apps: AppsV1Api, client: redis.Redis
+    kubeconfig: Path,
+    team: str,
+    redis_url: str,
+    apps: AppsV1Api,
+    client: redis.Redis,
+    worker_image: str,
 ) -> None:
     window = 4
     autoscaling = {"maxReplicas": 3, "scaleDown": {"stabilizationSeconds": window}}
-    apply(kubeconfig, team, pool("burst", autoscaling=autoscaling))
+    apply(kubeconfig, team, pool("burst", worker_image, autoscaling=autoscaling))
     eventually(
         lambda: (
             (condition({"status": status(kubeconfig, team, "burst")}, "Ready") or {}).get("reason")
@@ -233,18 +238,18 @@ def test_burst_scales_up_within_2s_and_down_after_the_window_losing_nothing(
     messages = events(kubeconfig, team, "burst", "Scaled")
     assert "backlog 14 -> 3 replicas" in messages
     assert f"scale down to 0 after {window} s idle" in messages
-    eventually(lambda: not worker_pids(team), timeout=30)
+    eventually(lambda: not worker_containers(kubeconfig, team), timeout=30)
 
 
 def test_pool_at_zero_has_a_ready_worker_before_the_slot(
-    kubeconfig: Path, team: str, client: redis.Redis
+    kubeconfig: Path, team: str, client: redis.Redis, worker_image: str
 ) -> None:
     autoscaling = {
         "maxReplicas": 2,
         "prewarmSeconds": 8,
         "scaleDown": {"stabilizationSeconds": 2},
     }
-    apply(kubeconfig, team, pool("warm", autoscaling=autoscaling))
+    apply(kubeconfig, team, pool("warm", worker_image, autoscaling=autoscaling))
     eventually(lambda: status(kubeconfig, team, "warm").get("observedGeneration"), timeout=30)
     slot = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=16)
     task = {
@@ -285,7 +290,9 @@ def test_pool_at_zero_has_a_ready_worker_before_the_slot(
     assert lateness < 1.0, f"the run started {lateness:.2f} s after its slot"
 
 
-def test_a_deployment_the_pool_does_not_own_is_left_alone(kubeconfig: Path, team: str) -> None:
+def test_a_deployment_the_pool_does_not_own_is_left_alone(
+    kubeconfig: Path, team: str, worker_image: str
+) -> None:
     kubectl(
         kubeconfig,
         "create",
@@ -293,11 +300,11 @@ def test_a_deployment_the_pool_does_not_own_is_left_alone(kubeconfig: Path, team
         "taken-workers",
         "-n",
         team,
-        "--image=registry.k8s.io/pause:3.10",
+        "--image=localhost/pause:local",
         "--replicas=0",
     )
     before = get_json(kubeconfig, "deployment", "taken-workers", "-n", team)
-    apply(kubeconfig, team, pool("taken", replicas=2))
+    apply(kubeconfig, team, pool("taken", worker_image, replicas=2))
 
     def stalled() -> dict[str, Any] | None:
         """Stalled=True, reason DeploymentConflict"""
@@ -319,16 +326,18 @@ def test_a_deployment_the_pool_does_not_own_is_left_alone(kubeconfig: Path, team
 # Last on purpose: the controller-manager's garbage collector maps a CRD created
 # after it started only at its next discovery resync (every 30 s), so a pool
 # deleted in the first seconds of a session waits for that.
-def test_deleting_the_pool_removes_its_deployment_and_workers(kubeconfig: Path, team: str) -> None:
-    apply(kubeconfig, team, pool("doomed", replicas=1))
+def test_deleting_the_pool_removes_its_deployment_and_workers(
+    kubeconfig: Path, team: str, worker_image: str
+) -> None:
+    apply(kubeconfig, team, pool("doomed", worker_image, replicas=1))
     eventually(lambda: status(kubeconfig, team, "doomed").get("readyReplicas") == 1, timeout=60)
-    assert len(worker_pids(team)) == 1
+    assert len(worker_containers(kubeconfig, team)) == 1
 
     kubectl(kubeconfig, "delete", "wp", "doomed", "-n", team, "--timeout=30s")
 
     def gone() -> bool:
         """garbage collection removed the Deployment and its pods; the worker stopped"""
         left = kubectl(kubeconfig, "get", "deployments,pods", "-n", team, "-o", "name").stdout
-        return not left.strip() and not worker_pids(team)
+        return not left.strip() and not worker_containers(kubeconfig, team)
 
     eventually(gone, timeout=60)
