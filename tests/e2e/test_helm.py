@@ -397,7 +397,8 @@ def test_install_upgrade_uninstall(
 
     def admitted() -> bool:
         """the controllers' pods passed Pod Security "restricted" admission"""
-        return pods_by_component(kubeconfig, release) == {"operator": 1, "beat": 2, "flower": 1}
+        expected = {"operator": 1, "beat": 2, "flower": 1, "redis": 1}
+        return pods_by_component(kubeconfig, release) == expected
 
     eventually(admitted, timeout=60)
     password = release.secret(f"{release.fullname}-redis")["password"]
