@@ -7,8 +7,9 @@ network, the operator and beat. Two measurements:
 1. Burst: N runs of `beatkeeper.sleep` land at once on the queue of a pool at
    zero replicas. Measured from the publish: the Deployment's replicas raised
    (the operator's decision), the first worker Ready (includes the pod's
-   start: sandbox, container, Celery), every run finished (backlog drained), and the Deployment back at
-   zero (after the scale-down window). Repeated `--rounds` times; medians.
+   start: sandbox, container, Celery), every run finished (backlog drained),
+   and the Deployment back at zero (after the scale-down window). Repeated
+   `--rounds` times; medians.
 2. Pre-warm: a ScheduledTask with a one-off `at` slot targets a pool at zero,
    once with `prewarmSeconds` and once with pre-warm off. Cold-start lateness =
    how long after the slot the first worker was Ready (0 when it was Ready
