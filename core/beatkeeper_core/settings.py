@@ -141,10 +141,13 @@ class WorkerSettings:
     task_modules: tuple[str, ...] = ()
     allowed_tasks: tuple[str, ...] = ("*",)
     allowed_hosts: tuple[str, ...] = ()
-    # Long on purpose: the broker's redelivery is only a last resort here,
-    # recovery of dead workers' runs is the lease sweeper's job.
-    visibility_timeout_seconds: float = 6 * 3600.0
-    restore_interval_seconds: float | None = None  # None: kombu's default cadence
+    # Short on purpose: a message delivered to a worker that died before it
+    # started the run (prefetched, reserved) is back on the queue within this
+    # plus the restore interval. Redelivering a run that is running, or is done,
+    # is harmless: the claim drops the copy (the lease is held, or the run is
+    # finished). Runs that did start are the lease sweeper's.
+    visibility_timeout_seconds: float = 30.0
+    restore_interval_seconds: float = 5.0  # how often kombu looks for them
     lease_seconds: float = 15.0
     renew_seconds: float = 5.0
     sweep_seconds: float = 1.0
@@ -172,7 +175,6 @@ class WorkerSettings:
             raise ValueError(
                 f"BEATKEEPER_BROKER_TLS_VERIFY={verify!r}: use required, optional or none"
             )
-        restore = env.get("BEATKEEPER_BROKER_RESTORE_INTERVAL", "").strip()
         return cls(
             broker_url=(
                 env.get("BEATKEEPER_BROKER_URL", "").strip()
@@ -193,8 +195,8 @@ class WorkerSettings:
             visibility_timeout_seconds=_positive(
                 env, "BEATKEEPER_BROKER_VISIBILITY_TIMEOUT", cls.visibility_timeout_seconds
             ),
-            restore_interval_seconds=(
-                _positive(env, "BEATKEEPER_BROKER_RESTORE_INTERVAL", 1) if restore else None
+            restore_interval_seconds=_positive(
+                env, "BEATKEEPER_BROKER_RESTORE_INTERVAL", cls.restore_interval_seconds
             ),
             lease_seconds=_positive(env, "BEATKEEPER_LEASE_SECONDS", cls.lease_seconds),
             renew_seconds=_positive(env, "BEATKEEPER_LEASE_RENEW_SECONDS", cls.renew_seconds),

@@ -98,3 +98,23 @@ def test_due_retries_count_and_the_next_one_is_known(
     assert found.next_retry is not None
     assert found.next_retry.what == f"retry of {due.run_id}"
     assert abs((found.next_retry.at - at).total_seconds() + 1) < 0.01
+
+
+def test_a_dead_workers_prefetched_runs_wake_a_pool_at_zero(
+    workers: Workers, runs: Runs, probe: BacklogProbe
+) -> None:
+    """Delivered to a worker that died: not in the queue, not running, still backlog."""
+    worker = workers.start(BEATKEEPER_WORKER_CONCURRENCY="1", BEATKEEPER_WORKER_PREFETCH="4")
+    for _ in range(4):  # all of them delivered: one running, three prefetched
+        runs.publish(runs.envelope(kwargs={"key": runs.key("held"), "seconds": 30}))
+    deadline = time.monotonic() + 15
+    while probe.measure(runs.queue, now()).queued:
+        assert time.monotonic() < deadline, "the worker never took the runs"
+        time.sleep(0.05)
+    workers.kill(worker)
+    found = probe.measure(runs.queue, now())
+    assert found.queued == 0
+    assert found.unacked >= 4
+    # No pod is left (the pool scaled to zero, or its only pod died): the runs still
+    # count, so the autoscaler brings a worker back for them.
+    assert measure(found, pods=0, concurrency=1, prefetch=4) >= 4

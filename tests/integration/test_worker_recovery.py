@@ -108,3 +108,50 @@ def test_liveness_file_is_fresh_while_running_and_stale_once_wedged(workers: Wor
     workers.kill(worker)  # as good as a wedged event loop: no more touches
     time.sleep(2.2)
     assert probe(str(path), 2) == 1
+
+
+# Production timings (15 s lease, 5 s renewal, 1 s sweep; 30 s visibility timeout).
+DEFAULTS = {
+    "BEATKEEPER_LEASE_SECONDS": "15",
+    "BEATKEEPER_LEASE_RENEW_SECONDS": "5",
+    "BEATKEEPER_SWEEP_SECONDS": "1",
+}
+
+
+@pytest.mark.parametrize(
+    ("pool", "concurrency", "prefetch"),
+    [("prefork", "1", "4"), ("threads", "2", "3")],
+    ids=["prefork-c1-p4", "threads-c2-p3"],
+)
+def test_every_run_a_killed_worker_held_runs_elsewhere_within_60s_once(
+    workers: Workers, runs: Runs, pool: str, concurrency: str, prefetch: str
+) -> None:
+    """Running, claimed and prefetched-not-started runs of a SIGKILLed worker all run once."""
+    first = workers.start(
+        "first",
+        BEATKEEPER_WORKER_POOL=pool,
+        BEATKEEPER_WORKER_CONCURRENCY=concurrency,
+        BEATKEEPER_WORKER_PREFETCH=prefetch,
+        **DEFAULTS,
+    )
+    keys_ = [runs.key(f"run{i}") for i in range(5)]
+    envelopes = [runs.envelope(kwargs={"key": key, "seconds": 3}) for key in keys_]
+    for envelope in envelopes:
+        runs.publish(envelope)
+    runs.wait_until(lambda: runs.count(keys_[0]) == 1, 30, "the first run never started")
+    held = runs.client.hlen("unacked")
+    assert held >= 2, "the worker prefetched more than it runs"
+    workers.kill(first)
+    killed_at = time.monotonic()
+    workers.start("second", **DEFAULTS)
+
+    def all_done() -> bool:
+        return all(runs.count(f"{key}:done") >= 1 for key in keys_)
+
+    runs.wait_until(all_done, 60, "some runs of the killed worker never ran")
+    assert time.monotonic() - killed_at < 60
+    time.sleep(1)
+    assert [runs.count(f"{key}:done") for key in keys_] == [1] * 5
+    for envelope in envelopes:
+        states = [r.state for r in runs.records(envelope.run_id)]
+        assert states.count(R.SUCCEEDED) == 1, states

@@ -21,8 +21,8 @@ def test_defaults_are_production_values() -> None:
     assert worker.allowed_tasks == ("*",)
     assert worker.allowed_hosts == ()
     assert (worker.lease_seconds, worker.renew_seconds, worker.sweep_seconds) == (15, 5, 1)
-    assert worker.visibility_timeout_seconds == 6 * 3600
-    assert worker.restore_interval_seconds is None
+    assert worker.visibility_timeout_seconds == 30
+    assert worker.restore_interval_seconds == 5
     assert worker.liveness_file == Path("/tmp/beatkeeper-worker.alive")
     assert Settings.from_env({"HOME": "/h"}).worker == worker
 
@@ -89,7 +89,12 @@ def test_celery_config_is_json_only_acks_late_and_sends_events() -> None:
     assert config["task_send_sent_event"] is True
     assert config["result_backend"] is None
     assert config["broker_use_ssl"] is None
-    assert config["broker_transport_options"] == {"visibility_timeout": 6 * 3600}
+    assert config["broker_transport_options"] == {
+        "visibility_timeout": 30,
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 15,
+    }
 
 
 def test_restore_interval_sets_kombus_cadence_exactly() -> None:

@@ -46,13 +46,19 @@ def broker_ssl(settings: WorkerSettings) -> dict[str, Any] | None:
     return options
 
 
+# kombu's restore holds a Redis mutex: a worker killed while holding it must not stop
+# every restore for kombu's default 5 minutes.
+_RESTORE_MUTEX_SECONDS = 15
+
+
 def transport_options(settings: WorkerSettings) -> dict[str, float]:
-    options = {"visibility_timeout": settings.visibility_timeout_seconds}
-    if settings.restore_interval_seconds is not None:
+    return {
+        "visibility_timeout": settings.visibility_timeout_seconds,
         # kombu scans for overdue unacked messages every interval times throttle.
-        options["unacked_restore_interval"] = settings.restore_interval_seconds
-        options["unacked_restore_throttle"] = 1
-    return options
+        "unacked_restore_interval": settings.restore_interval_seconds,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": _RESTORE_MUTEX_SECONDS,
+    }
 
 
 def celery_config(settings: WorkerSettings) -> dict[str, Any]:

@@ -45,7 +45,7 @@ SUITE = "bookworm"
 PYTHON_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 REDIS_PACKAGES = ("redis-server",)
 PAUSE_REF = "localhost/pause:local"
-_SKIPPED = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+_SKIPPED = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", "build", "dist"}
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

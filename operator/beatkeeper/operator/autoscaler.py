@@ -83,15 +83,14 @@ class Decision:
 
 
 def reserved(sample: BacklogSample, pods: int, concurrency: int, prefetch: int) -> int:
-    """Delivered but not started: unacked minus running, at most what live pods can hold.
+    """Delivered but not started: unacked minus running (tasks ack late).
 
-    Each worker holds at most concurrency x prefetch unacked messages (running
-    ones included, as tasks ack late), so unacked entries beyond that are
-    leftovers of workers killed without a warm shutdown; the broker restores
-    them after its visibility timeout and they must not keep a pool awake.
+    Unacked entries beyond what live pods can hold (concurrency x prefetch
+    each) belong to workers that died without a warm shutdown: the broker puts
+    them back on the queue after its short visibility timeout, and they count
+    until then, so a pool at zero wakes for them instead of waiting.
     """
-    capacity = pods * concurrency * prefetch
-    return max(0, min(sample.unacked, capacity) - sample.active)
+    return max(0, sample.unacked - sample.active)
 
 
 def measure(sample: BacklogSample, pods: int, concurrency: int, prefetch: int) -> int:
