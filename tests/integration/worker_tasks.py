@@ -80,3 +80,28 @@ def stubborn(key: str, seconds: float) -> None:
             client.incr(f"{key}:ignored")
             continue
     client.incr(f"{key}:done")
+
+
+def _tick_file(path: str, seconds: float, *, stubborn: bool) -> None:
+    """Append `<worker pid> <time>` to `path` every 20 ms: executions seen outside Redis."""
+    deadline = time.monotonic() + seconds
+    with open(path, "a", buffering=1) as out:
+        while time.monotonic() < deadline:
+            try:
+                out.write(f"{os.getppid()}:{os.getpid()} {time.time():.3f}\n")
+                time.sleep(0.02)
+            except BaseException:
+                if not stubborn:
+                    raise
+
+
+@shared_task(name="bk_test.ticks")  # type: ignore[untyped-decorator]
+def ticks(path: str, seconds: float) -> None:
+    """Ticks into a file (no Redis: it must run where Redis is cut off)."""
+    _tick_file(path, seconds, stubborn=False)
+
+
+@shared_task(name="bk_test.stubborn_ticks")  # type: ignore[untyped-decorator]
+def stubborn_ticks(path: str, seconds: float) -> None:
+    """Ticks and swallows every interrupt: only killing its process stops it."""
+    _tick_file(path, seconds, stubborn=True)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from beatkeeper_worker.leases import Lease, LeaseKeeper, RunStopped
@@ -104,3 +105,52 @@ def test_no_interrupt_once_the_run_has_ended() -> None:
         pass
     time.sleep(0.2)
     assert interrupter.sent == []
+
+
+class UnreachableRegistry(FakeRegistry):
+    """Redis cut off from this worker: every renewal fails."""
+
+    def renew(self, leases: Iterable[HeldLease]) -> list[str]:
+        import redis
+
+        raise redis.ConnectionError("unreachable")
+
+
+def test_an_unrenewable_lease_is_fenced_before_it_can_expire() -> None:
+    interrupter = FakeInterrupter()
+    died: list[float] = []
+    keep = LeaseKeeper(
+        UnreachableRegistry(),  # type: ignore[arg-type]
+        renew_seconds=0.1,
+        lease_seconds=0.4,
+        interrupter=interrupter,
+        die=lambda: died.append(time.monotonic()),
+    )
+    held = lease("a")
+    with keep.hold(held):
+        wait(lambda: interrupter.sent)
+        stopped = time.monotonic()
+        wait(lambda: died)  # the run ignored its stop: the process goes before the lease
+    expires = held.confirmed_at + 0.4
+    assert interrupter.sent == [("a", RunStopped)]
+    assert held.fenced
+    assert held.confirmed_at + 0.3 - 0.05 <= stopped < expires
+    assert died[0] < expires
+
+
+def test_confirmed_renewals_keep_the_fence_away() -> None:
+    interrupter = FakeInterrupter()
+    keep = LeaseKeeper(
+        FakeRegistry(),  # type: ignore[arg-type]
+        renew_seconds=0.05,
+        lease_seconds=0.2,
+        interrupter=interrupter,
+        die=lambda: pytest.fail("a renewed lease must not kill its process"),
+    )
+    held = lease("a")
+    first = held.confirmed_at
+    with keep.hold(held):
+        time.sleep(0.6)  # three lease periods, renewed all along
+    assert held.confirmed_at > first + 0.4
+    assert interrupter.sent == []
+    assert not held.fenced

@@ -98,6 +98,7 @@ class Executor:
             return "invalid"
         now = self._clock()
         owner = f"{worker}:{os.getpid()}:{uuid.uuid4().hex}"
+        claimed_at = time.monotonic()  # the lease is good until lease_seconds after this
         try:
             claim = self._claim(envelope, owner, worker, now)
         except redis.RedisError as exc:
@@ -111,7 +112,7 @@ class Executor:
             return f"{claim.status}:{claim.detail}"
         if claim.replaced:
             self._registry.append(replaced_records(envelope, claim.replaced, now))
-        return self._attempt(envelope, owner, worker, now)
+        return self._attempt(envelope, owner, worker, now, claimed_at)
 
     def _claim(self, envelope: RunEnvelope, owner: str, worker: str, now: dt.datetime) -> Claim:
         refusal = refusal_of(envelope.task.name, self._settings.allowed_tasks, self._app.tasks)
@@ -129,7 +130,9 @@ class Executor:
             skipped=skipped_record(envelope, now),
         )
 
-    def _attempt(self, envelope: RunEnvelope, owner: str, worker: str, started: dt.datetime) -> str:
+    def _attempt(
+        self, envelope: RunEnvelope, owner: str, worker: str, started: dt.datetime, claimed: float
+    ) -> str:
         task = self._app.tasks[envelope.task.name]
         soft_at, hard_at = self._deadlines(envelope)
         lease = Lease(
@@ -139,6 +142,7 @@ class Executor:
             hard_at=hard_at,
             envelope=envelope,
             started_at=started,
+            confirmed_at=claimed,
         )
         token = _CURRENT.set(envelope)
         try:

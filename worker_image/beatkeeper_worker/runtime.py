@@ -44,13 +44,15 @@ def redis_client(settings: WorkerSettings, *, single_connection: bool = False) -
 
     `single_connection` skips the connection pool's per-command bookkeeping (its
     liveness check alone costs more system calls than the command): right for a
-    process that runs one task at a time, where a lock serialises the rare
-    concurrent use by the lease keeper.
+    process that runs one task at a time. Every call times out after a renewal
+    period: an unreachable Redis is an error to handle, never a hang.
     """
     return redis.Redis.from_url(
         settings.broker_url,
         health_check_interval=30,
         socket_keepalive=True,
+        socket_timeout=settings.renew_seconds,
+        socket_connect_timeout=settings.renew_seconds,
         single_connection_client=single_connection,
         **redis_options(settings),
     )
@@ -81,7 +83,8 @@ class WorkerRuntime:
         state = self._process()
         with self._lock:
             if state.keeper is None:
-                state.keeper = self._new_keeper(state.registry)
+                # Its own connection: a run's call to a hung Redis never holds up renewals.
+                state.keeper = self._new_keeper(self._new_registry(), state.registry)
             return state.keeper
 
     def executor(self) -> Executor:
@@ -107,19 +110,21 @@ class WorkerRuntime:
             records_maxlen=self.settings.records_maxlen,
         )
 
-    def _new_keeper(self, registry: RunRegistry) -> LeaseKeeper:
+    def _new_keeper(self, renewals: RunRegistry, registry: RunRegistry) -> LeaseKeeper:
         if self.interrupter is not None:
             # Killing the child makes its parent requeue the message (reject on
             # worker lost); the claim then drops it, as the run has finished.
             return LeaseKeeper(
-                registry,
+                renewals,
                 renew_seconds=self.settings.renew_seconds,
+                lease_seconds=self.settings.lease_seconds,
                 interrupter=self.interrupter,
                 kill_after=self.settings.renew_seconds * 2,
             )
         return LeaseKeeper(
-            registry,
+            renewals,
             renew_seconds=self.settings.renew_seconds,
+            lease_seconds=self.settings.lease_seconds,
             interrupter=ThreadInterrupter(),
             on_hard_limit=lambda lease: record_threads_hard_limit(registry, lease),
         )
