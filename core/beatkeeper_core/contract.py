@@ -17,9 +17,16 @@ import datetime as dt
 import hashlib
 import random
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from beatkeeper_core import schedules
 
@@ -74,17 +81,26 @@ def object_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def run_id(namespace: str, name: str, slot: dt.datetime) -> str:
-    return f"{object_key(namespace, name)}@{format_slot(slot)}"
+def run_id(namespace: str, name: str, slot: dt.datetime, tag: str = "") -> str:
+    """`<namespace>/<name>@<slot>`, and `~<tag>` for runs no schedule made (run-now)."""
+    base = f"{object_key(namespace, name)}@{format_slot(slot)}"
+    return f"{base}~{tag}" if tag else base
 
 
 def parse_run_id(value: str) -> tuple[str, str, dt.datetime]:
-    """Split `<namespace>/<name>@<slot>`; raises ValueError when malformed."""
-    key, _, slot = value.rpartition("@")
+    """Split `<namespace>/<name>@<slot>[~<tag>]`; raises ValueError when malformed."""
+    key, _, rest = value.rpartition("@")
+    slot, _, _tag = rest.partition("~")
     namespace, _, name = key.partition("/")
     if not (namespace and name and slot):
         raise ValueError(f"not a run id: {value!r}")
     return namespace, name, parse_slot(slot)
+
+
+def run_now_tag(token: str) -> str:
+    """The run id tag of the run a run-now token asks for: stable per token, and never
+    the id of a scheduled slot, even one in the same second."""
+    return "now-" + hashlib.blake2b(token.encode(), digest_size=4).hexdigest()
 
 
 def queue_name(namespace: str, pool: str) -> str:
@@ -115,8 +131,31 @@ def jitter_delay(run: str, jitter_seconds: int) -> float:
     return int.from_bytes(digest, "big") % (jitter_seconds * 1000 + 1) / 1000
 
 
+WIRE_VERSION = 1
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Fields a newer writer added are ignored, so an operator, beat and workers one
+    # version apart (a rolling `helm upgrade`) still read each other.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class _Versioned(_Frozen):
+    """A top-level wire format: it always carries the version of its writer.
+
+    Written even where defaults are left out; a payload of a writer from before
+    versions is version 1. Readers take any version: a change a reader could
+    misread gets a new field, never a new meaning for an old one.
+    """
+
+    version: int = Field(default=WIRE_VERSION, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _with_version(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            data.setdefault("version", self.version)
+        return data
 
 
 class RetryPolicy(_Frozen):
@@ -157,7 +196,7 @@ class RunPolicy(_Frozen):
     starting_deadline_seconds: float | None = Field(default=None, gt=0)
 
 
-class RunEnvelope(_Frozen):
+class RunEnvelope(_Versioned):
     run_id: str
     namespace: str
     name: str
@@ -179,9 +218,10 @@ class RunEnvelope(_Frozen):
         *,
         due: dt.datetime | None = None,
         trigger: Trigger = "schedule",
+        tag: str = "",
     ) -> RunEnvelope:
         return cls(
-            run_id=run_id(namespace, name, slot),
+            run_id=run_id(namespace, name, slot, tag),
             namespace=namespace,
             name=name,
             slot=utc(slot),
@@ -203,7 +243,7 @@ class RunEnvelope(_Frozen):
         return self.model_copy(update={"attempt": self.attempt + 1})
 
 
-class RunRecord(_Frozen):
+class RunRecord(_Versioned):
     run_id: str
     namespace: str
     name: str
@@ -299,7 +339,7 @@ class EntryMeta(_Frozen):
     total_run_count: int = 0
 
 
-class EntryDefinition(_Frozen):
+class EntryDefinition(_Versioned):
     """The `definition` of one redbeat entry, i.e. one ScheduledTask's schedule.
 
     Equality is what decides whether the operator rewrites the entry: any field

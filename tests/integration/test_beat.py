@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import sys
@@ -226,3 +227,23 @@ def test_beats_started_before_redis_fire_each_slot_once(tmp_path: Path) -> None:
     finally:
         supervisor.stop_all()
         client.close()
+
+
+def test_beat_fires_an_entry_a_newer_operator_wrote(beats: Beats) -> None:
+    """A rolling upgrade: the operator is one version ahead and writes fields beat lacks."""
+    beat = beats.start()
+    wait_for(lambda: beats.holder_ready(beat), 30, "beat took its lock")
+    namespace = f"n{uuid.uuid4().hex[:6]}"
+    definition = entry(namespace, anchor=now().replace(microsecond=0), every=1)
+    beats.store.upsert_if_changed([definition], now())
+    raw = json.loads(definition.model_dump_json())
+    raw.update(version=2, added_in_v2={"any": "value"})
+    raw["schedule"]["added_in_v2"] = True
+    key = contract.redbeat_key(namespace, "t", beats.prefix)
+    assert beats.client.hexists(key, "definition")
+    beats.client.hset(key, "definition", json.dumps(raw))
+    wait_for(
+        lambda: len([r for r in beats.records(namespace) if r.state == "Pending"]) >= 2,
+        15,
+        "beat fired the newer entry",
+    )

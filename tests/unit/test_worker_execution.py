@@ -71,6 +71,23 @@ def test_missed_only_for_a_first_attempt_past_its_deadline() -> None:
     assert missed_record(envelope(), late + dt.timedelta(days=1)) is None
 
 
+def test_jitter_never_makes_a_run_missed_the_deadline_counts_from_its_due_time() -> None:
+    slot = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    jittered = RunEnvelope.for_slot(
+        "ns",
+        "t",
+        slot,
+        TaskCall(name="x"),
+        RunPolicy(starting_deadline_seconds=5),
+        due=slot + dt.timedelta(seconds=20),  # jitterSeconds put it 20 s after its slot
+    )
+    on_time = slot + dt.timedelta(seconds=21)
+    assert missed_record(jittered, on_time) is None
+    late = missed_record(jittered, slot + dt.timedelta(seconds=26))
+    assert late is not None
+    assert "after it was due" in late.message
+
+
 def test_skipped_record_only_under_forbid() -> None:
     forbid = RunPolicy(concurrency_policy=ConcurrencyPolicy.FORBID)
     record = skipped_record(envelope(forbid), SLOT)

@@ -128,6 +128,7 @@ class Executor:
             records.running(envelope, now, worker),
             missed=missed_record(envelope, now),
             skipped=skipped_record(envelope, now),
+            superseded=superseded_records(envelope, now),
         )
 
     def _attempt(
@@ -263,11 +264,15 @@ def refusal_of(name: str, allowed: tuple[str, ...], registered: Any) -> tuple[st
 
 
 def missed_record(envelope: RunEnvelope, now: dt.datetime) -> RunRecord | None:
-    """`Missed` when a first attempt starts later than its starting deadline allows."""
+    """`Missed` when a first attempt starts later than its starting deadline allows.
+
+    The deadline counts from the run's due time (its slot plus the object's
+    jitter), so jitter itself never makes a run Missed.
+    """
     deadline = envelope.policy.starting_deadline_seconds
     if envelope.attempt != 1 or deadline is None:
         return None
-    late = (now - envelope.slot).total_seconds()
+    late = (now - envelope.due).total_seconds()
     if late <= deadline:
         return None
     return records.not_started(
@@ -275,7 +280,7 @@ def missed_record(envelope: RunEnvelope, now: dt.datetime) -> RunRecord | None:
         RunState.MISSED,
         now,
         "DeadlineExceeded",
-        f"could start only {late:.0f} s after its slot; startingDeadlineSeconds is {deadline:g}",
+        f"could start only {late:.0f} s after it was due; startingDeadlineSeconds is {deadline:g}",
     )
 
 
@@ -289,6 +294,18 @@ def skipped_record(envelope: RunEnvelope, now: dt.datetime) -> RunRecord | None:
         "ConcurrencyForbid",
         f"another run of {envelope.object_key} is still active (concurrencyPolicy Forbid)",
     )
+
+
+def superseded_records(envelope: RunEnvelope, now: dt.datetime) -> tuple[RunRecord, RunRecord]:
+    """What an older slot records when a newer run of its object is already active:
+    Skipped if it never started, Failed if it did (its worker died, it was recovered)."""
+    message = (
+        f"a newer run of {envelope.object_key} is active "
+        f"(concurrencyPolicy {envelope.policy.concurrency_policy.value})"
+    )
+    skipped = records.not_started(envelope, RunState.SKIPPED, now, "Superseded", message)
+    failed = records.failed(envelope, now, "Superseded", message)
+    return skipped, failed
 
 
 def replaced_records(

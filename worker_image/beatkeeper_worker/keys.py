@@ -12,6 +12,8 @@ ACTIVE_PREFIX = "beatkeeper:active:"
 RETRIES_PREFIX = "beatkeeper:retries:"
 SWEEPER_PREFIX = "beatkeeper:sweeper:"
 STATS_PREFIX = "beatkeeper:stats:"
+DELETED_PREFIX = "beatkeeper:deleted:"
+RUN_NOW_PREFIX = "beatkeeper:run-now:"
 
 
 def run_key(run_id: str) -> str:
@@ -42,3 +44,13 @@ def sweeper_key(queue: str) -> str:
 def stats_key(queue: str) -> str:
     """Hash: counters of deliveries the claim dropped, by why."""
     return f"{STATS_PREFIX}{queue}"
+
+
+def deleted_key(object_key: str) -> str:
+    """String: when a ScheduledTask was deleted (ms); runs of earlier slots never start."""
+    return f"{DELETED_PREFIX}{object_key}"
+
+
+def run_now_key(uid: str, token: str) -> str:
+    """String: the slot a ScheduledTask's run-now token was first acted on at."""
+    return f"{RUN_NOW_PREFIX}{uid}:{token}"

@@ -11,6 +11,7 @@ live lease. See docs/redis-data-model.md.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,17 +28,21 @@ local LEASE_MS, RETENTION_MS, MAXLEN = {lease_ms}, {retention_ms}, {maxlen}
 local RUN_PREFIX = '{run_prefix}'
 local LEASES_PREFIX = '{leases_prefix}'
 local ACTIVE_PREFIX = '{active_prefix}'
+local RETRIES_PREFIX = '{retries_prefix}'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: run, leases, active, stream, stats
+# KEYS: run, leases, active, stream, stats, deleted
 # ARGV: run_id, owner, attempt, envelope, queue, mode ('run'|'finish'), final_state,
-#       policy, record, missed_record, skipped_record
+#       policy, record, missed_record, skipped_record, slot_ms, object,
+#       superseded_skipped_record, superseded_failed_record
 _CLAIM = """
 local run_id, owner, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local envelope, queue, mode, final_state, policy = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local record, missed, skipped = ARGV[9], ARGV[10], ARGV[11]
+local slot_ms, object = tonumber(ARGV[12]), ARGV[13]
+local superseded_skipped, superseded_failed = ARGV[14], ARGV[15]
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'owner', 'lease_until')
 local state = cur[1]
 if state and FINISHED[state] then
@@ -52,10 +57,22 @@ if cur[3] and cur[3] ~= '' and (tonumber(cur[4]) or 0) > now then
   redis.call('HINCRBY', KEYS[5], 'dropped_leased', 1)
   return {'dropped', 'leased'}
 end
+local deleted = redis.call('GET', KEYS[6])
+if deleted and slot_ms <= tonumber(deleted) then
+  -- Its ScheduledTask was deleted after this slot: none of its runs start any more.
+  -- Nobody reads the object's status now, so there is no record; later copies drop.
+  redis.call('HSET', KEYS[1], 'state', 'Failed', 'owner', '', 'lease_until', 0)
+  redis.call('PEXPIRE', KEYS[1], RETENTION_MS)
+  redis.call('ZREM', KEYS[2], run_id)
+  redis.call('ZREM', KEYS[3], run_id)
+  redis.call('HINCRBY', KEYS[5], 'dropped_deleted', 1)
+  return {'dropped', 'deleted'}
+end
 
 local function finish(final, final_record)
   redis.call('HSET', KEYS[1], 'state', final, 'attempt', attempt, 'owner', '',
-             'lease_until', 0, 'queue', queue, 'envelope', envelope)
+             'lease_until', 0, 'queue', queue, 'envelope', envelope,
+             'slot', slot_ms, 'object', object)
   redis.call('PEXPIRE', KEYS[1], RETENTION_MS)
   redis.call('ZREM', KEYS[2], run_id)
   redis.call('ZREM', KEYS[3], run_id)
@@ -66,20 +83,29 @@ end
 if mode == 'finish' then
   return finish(final_state, record)
 end
--- A run that already started (the owner died) is taken over, never Missed.
+-- A run that already started (the owner died) is taken over, never Missed or Skipped.
 local started = state == 'Running' or state == 'Retrying'
 if missed ~= '' and not started then
   return finish('Missed', missed)
 end
 
-local others = {}
+local others, newer = {}, false
 if policy ~= 'Allow' then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   for _, other in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-    if other ~= run_id then table.insert(others, other) end
+    if other ~= run_id then
+      local other_slot = tonumber(redis.call('HGET', RUN_PREFIX .. other, 'slot') or '0')
+      if other_slot > slot_ms then newer = true else table.insert(others, other) end
+    end
   end
 end
-if policy == 'Forbid' and #others > 0 then
+if newer then
+  -- An older slot (redelivered, recovered) never stops, skips or runs beside a newer
+  -- run: it is superseded by it.
+  if started then return finish('Failed', superseded_failed) end
+  return finish('Skipped', superseded_skipped)
+end
+if policy == 'Forbid' and #others > 0 and not started then
   return finish('Skipped', skipped)
 end
 
@@ -102,10 +128,13 @@ end
 
 local until_ms = now + LEASE_MS
 redis.call('HSET', KEYS[1], 'state', 'Running', 'attempt', attempt, 'owner', owner,
-           'lease_until', until_ms, 'queue', queue, 'envelope', envelope)
+           'lease_until', until_ms, 'queue', queue, 'envelope', envelope,
+           'slot', slot_ms, 'object', object)
 redis.call('PEXPIRE', KEYS[1], RETENTION_MS)
 redis.call('ZADD', KEYS[2], until_ms, run_id)
-redis.call('ZADD', KEYS[3], until_ms, run_id)
+-- The object's marker outlives the lease by a lease: a run whose worker died stays
+-- in flight for Forbid and Replace until the sweeper recovers it (and re-arms it).
+redis.call('ZADD', KEYS[3], until_ms + LEASE_MS, run_id)
 redis.call('PEXPIRE', KEYS[3], RETENTION_MS)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', MAXLEN, '*', 'record', record)
 return result
@@ -155,7 +184,7 @@ for i = 1, #ARGV, 4 do
   if redis.call('HGET', key, 'owner') == ARGV[i + 1] then
     redis.call('HSET', key, 'lease_until', until_ms)
     redis.call('ZADD', LEASES_PREFIX .. ARGV[i + 2], until_ms, run_id)
-    redis.call('ZADD', ACTIVE_PREFIX .. ARGV[i + 3], until_ms, run_id)
+    redis.call('ZADD', ACTIVE_PREFIX .. ARGV[i + 3], until_ms + LEASE_MS, run_id)
   else
     table.insert(lost, run_id)
   end
@@ -169,16 +198,18 @@ local out = {}
 for _, run_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now,
                                    'LIMIT', 0, tonumber(ARGV[2]))) do
   local key = RUN_PREFIX .. run_id
-  local h = redis.call('HMGET', key, 'state', 'envelope', 'lease_until')
+  local h = redis.call('HMGET', key, 'state', 'envelope', 'lease_until', 'object')
   if h[1] ~= 'Running' or not h[2] then
     redis.call('ZREM', KEYS[1], run_id)
   elseif (tonumber(h[3]) or 0) > now then
     redis.call('ZADD', KEYS[1], h[3], run_id)
   else
     -- Release the dead owner's lease so the republished delivery can claim it;
-    -- re-arm, so a delivery lost again is republished again.
+    -- re-arm, so a delivery lost again is republished again, and keep the run in
+    -- flight for its object's concurrency policy until it runs again.
     redis.call('HSET', key, 'owner', '', 'lease_until', 0)
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), run_id)
+    if h[4] then redis.call('ZADD', ACTIVE_PREFIX .. h[4], now + tonumber(ARGV[1]), run_id) end
     table.insert(out, h[2])
   end
 end
@@ -190,27 +221,29 @@ _DUE_RETRIES = """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 """
 
-# KEYS: run, stream; ARGV: attempt, envelope, queue, record
+# KEYS: run, stream; ARGV: attempt, envelope, queue, record, slot_ms, object
 _PENDING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'Pending', 'attempt', ARGV[1], 'owner', '',
-           'lease_until', 0, 'queue', ARGV[3], 'envelope', ARGV[2])
+           'lease_until', 0, 'queue', ARGV[3], 'envelope', ARGV[2],
+           'slot', ARGV[5], 'object', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], RETENTION_MS)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', MAXLEN, '*', 'record', ARGV[4])
 return 1
 """
 
 # KEYS: stream, then per run: run, queue
-# ARGV: per run: attempt, envelope, queue name, record, message
+# ARGV: per run: attempt, envelope, queue name, record, message, slot_ms, object
 # `_PENDING` plus the broker message for many runs: beat's batch, one call.
 _PUBLISH_BATCH = """
 local fresh = {}
 for i = 2, #KEYS, 2 do
-  local base = (i - 2) / 2 * 5
+  local base = (i - 2) / 2 * 7
   local is_new = 0
   if redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('HSET', KEYS[i], 'state', 'Pending', 'attempt', ARGV[base + 1], 'owner', '',
-               'lease_until', 0, 'queue', ARGV[base + 3], 'envelope', ARGV[base + 2])
+               'lease_until', 0, 'queue', ARGV[base + 3], 'envelope', ARGV[base + 2],
+               'slot', ARGV[base + 6], 'object', ARGV[base + 7])
     redis.call('PEXPIRE', KEYS[i], RETENTION_MS)
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', MAXLEN, '*', 'record', ARGV[base + 4])
     is_new = 1
@@ -219,6 +252,31 @@ for i = 2, #KEYS, 2 do
   fresh[#fresh + 1] = is_new
 end
 return fresh
+"""
+
+# KEYS: stream; ARGV: per run: run_id, record
+# Cancel: each run not yet finished becomes Failed with its record, its lease and
+# markers go, and a retry it waited for is withdrawn. Its worker finds the lease
+# gone at the next renewal and stops it, as after a Replace.
+_CANCEL = """
+local out = {}
+for i = 1, #ARGV, 2 do
+  local run_id = ARGV[i]
+  local key = RUN_PREFIX .. run_id
+  local h = redis.call('HMGET', key, 'state', 'queue', 'envelope', 'object')
+  if h[1] and not FINISHED[h[1]] then
+    redis.call('HSET', key, 'state', 'Failed', 'owner', '', 'lease_until', 0)
+    redis.call('PEXPIRE', key, RETENTION_MS)
+    if h[2] then
+      redis.call('ZREM', LEASES_PREFIX .. h[2], run_id)
+      if h[1] == 'Retrying' and h[3] then redis.call('ZREM', RETRIES_PREFIX .. h[2], h[3]) end
+    end
+    if h[4] then redis.call('ZREM', ACTIVE_PREFIX .. h[4], run_id) end
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', MAXLEN, '*', 'record', ARGV[i + 1])
+    table.insert(out, run_id)
+  end
+end
+return out
 """
 
 # KEYS: lock; ARGV: token, ttl_ms
@@ -251,6 +309,7 @@ def _render(body: str, *, lease_ms: int, retention_ms: int, maxlen: int) -> str:
         run_prefix=keys.RUN_PREFIX,
         leases_prefix=keys.LEASES_PREFIX,
         active_prefix=keys.ACTIVE_PREFIX,
+        retries_prefix=keys.RETRIES_PREFIX,
     )
     return prelude + body
 
@@ -301,6 +360,8 @@ class EncodedRun:
     envelope: str  # RunEnvelope JSON, defaults left out
     record: str  # the Pending RunRecord, as the stream stores it
     message: str  # the broker message
+    slot_ms: int
+    object_key: str
 
     @classmethod
     def of(cls, envelope: RunEnvelope, queue: str, record: RunRecord, message: str) -> EncodedRun:
@@ -311,6 +372,8 @@ class EncodedRun:
             envelope=envelope.model_dump_json(exclude_defaults=True),
             record=_encode(record),
             message=message,
+            slot_ms=slot_ms(envelope),
+            object_key=envelope.object_key,
         )
 
 
@@ -347,6 +410,8 @@ class RunRegistry:
         self._due_retries = script(_DUE_RETRIES)
         self._pending = script(_PENDING)
         self._publish_batch = script(_PUBLISH_BATCH)
+        self._cancel = script(_CANCEL)
+        self._retention_ms = _ms(retention_seconds)
         self._hold_lock = client.register_script(_HOLD_LOCK)
         self._release_lock = client.register_script(_RELEASE_LOCK)
 
@@ -374,7 +439,15 @@ class RunRegistry:
         args: list[str | int] = []
         for run in runs:
             keys_ += [keys.run_key(run.run_id), run.queue]
-            args += [run.attempt, run.envelope, run.queue, run.record, run.message]
+            args += [
+                run.attempt,
+                run.envelope,
+                run.queue,
+                run.record,
+                run.message,
+                run.slot_ms,
+                run.object_key,
+            ]
         return [bool(reply) for reply in self._publish_batch(keys_, args)]
 
     def add_pending(
@@ -387,6 +460,8 @@ class RunRegistry:
             envelope.model_dump_json(exclude_defaults=True),
             queue,
             _encode(record),
+            slot_ms(envelope),
+            envelope.object_key,
         ]
         self._pending(keys_, args, client=pipe)
 
@@ -399,8 +474,13 @@ class RunRegistry:
         *,
         missed: RunRecord | None = None,
         skipped: RunRecord | None = None,
+        superseded: tuple[RunRecord, RunRecord] | None = None,
     ) -> Claim:
-        """Take the run's lease, or say why this delivery must not execute."""
+        """Take the run's lease, or say why this delivery must not execute.
+
+        `superseded`: the Skipped and Failed records for when a newer run of the
+        object is active (Skipped if this run never started, Failed if it did).
+        """
         return self._call_claim(
             envelope,
             queue,
@@ -409,12 +489,20 @@ class RunRegistry:
             record=running,
             missed=missed,
             skipped=skipped,
+            superseded=superseded,
         )
 
     def finish(self, envelope: RunEnvelope, queue: str, record: RunRecord) -> Claim:
         """Finish a run without executing it (refused), unless a delivery must be dropped."""
         return self._call_claim(
-            envelope, queue, owner="", mode="finish", record=record, missed=None, skipped=None
+            envelope,
+            queue,
+            owner="",
+            mode="finish",
+            record=record,
+            missed=None,
+            skipped=None,
+            superseded=None,
         )
 
     def _call_claim(
@@ -427,6 +515,7 @@ class RunRegistry:
         record: RunRecord,
         missed: RunRecord | None,
         skipped: RunRecord | None,
+        superseded: tuple[RunRecord, RunRecord] | None,
     ) -> Claim:
         keys_ = [
             keys.run_key(envelope.run_id),
@@ -434,7 +523,9 @@ class RunRegistry:
             keys.active_key(envelope.object_key),
             self.stream,
             keys.stats_key(queue),
+            keys.deleted_key(envelope.object_key),
         ]
+        superseded_skipped, superseded_failed = superseded or (record, record)
         args: list[str | int] = [
             envelope.run_id,
             owner,
@@ -447,6 +538,10 @@ class RunRegistry:
             _encode(record),
             _encode(missed) if missed else "",
             _encode(skipped) if skipped else "",
+            slot_ms(envelope),
+            envelope.object_key,
+            _encode(superseded_skipped),
+            _encode(superseded_failed),
         ]
         return _parse_claim(self._claim(keys_, args))
 
@@ -520,6 +615,32 @@ class RunRegistry:
                 )
             pipe.execute()
 
+    def active(self, object_key: str) -> list[tuple[str, RunEnvelope | None, str]]:
+        """(run id, envelope, state) of every run of the object in flight."""
+        found = []
+        members: list[bytes] = self.client.zrange(keys.active_key(object_key), 0, -1)  # type: ignore[assignment]
+        for member in members:
+            run = _text(member)
+            state, raw = self.client.hmget(keys.run_key(run), ["state", "envelope"])
+            envelope = RunEnvelope.model_validate_json(raw) if raw else None
+            found.append((run, envelope, _text(state) if state else ""))
+        return found
+
+    def cancel(self, runs: Sequence[tuple[str, RunRecord]]) -> list[str]:
+        """Fail these runs (with their records) unless finished; returns those cancelled."""
+        args: list[str] = []
+        for run, record in runs:
+            args += [run, _encode(record)]
+        if not args:
+            return []
+        return [_text(run) for run in self._cancel([self.stream], args)]
+
+    def mark_deleted(self, object_key: str, at: dt.datetime) -> None:
+        """From now on no run of the object whose slot is not after `at` starts."""
+        self.client.set(
+            keys.deleted_key(object_key), int(at.timestamp() * 1000), px=self._retention_ms
+        )
+
     def hold_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
         """Take or extend a short lock; True while `token` holds it."""
         return bool(self._hold_lock([key], [token, _ms(ttl_seconds)]))
@@ -530,6 +651,11 @@ class RunRegistry:
 
 def _encode(record: RunRecord) -> str:
     return record.to_stream_fields()["record"]
+
+
+def slot_ms(envelope: RunEnvelope) -> int:
+    """The run's slot in ms since the epoch: newer slots compare greater in the scripts."""
+    return int(envelope.slot.timestamp() * 1000)
 
 
 def _parse_claim(raw: Sequence[bytes | str]) -> Claim:

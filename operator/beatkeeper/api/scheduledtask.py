@@ -11,6 +11,7 @@ from beatkeeper.api.base import CRD, ApiModel, Condition, DnsLabel, cel, conditi
 KIND = "ScheduledTask"
 PLURAL = "scheduledtasks"
 RUN_NOW_ANNOTATION = "beatkeeper.dev/run-now"
+CANCEL_ANNOTATION = "beatkeeper.dev/cancel"
 
 TASK_NAME = r"^[A-Za-z_][A-Za-z0-9_]*([.:-][A-Za-z0-9_]+)*$"
 RunState = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Skipped", "Missed"]
@@ -294,4 +295,8 @@ class ScheduledTaskStatus(ApiModel):
     skipped: int = Field(default=0, ge=0, description="Runs skipped by concurrencyPolicy Forbid.")
     run_now_token: str | None = Field(
         default=None, description=f"The last {RUN_NOW_ANNOTATION} token that triggered a run."
+    )
+    cancel_token: str | None = Field(
+        default=None,
+        description=f"The last {CANCEL_ANNOTATION} token acted on (its active runs were stopped).",
     )

@@ -24,6 +24,7 @@ import kopf
 import redis
 from kubernetes.client.exceptions import ApiException
 
+from beatkeeper.api.scheduledtask import CANCEL_ANNOTATION
 from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_worker_pool
 from beatkeeper.api.workerpool import WorkerPoolSpec
 from beatkeeper.operator import autoscaler, runstatus, scheduledtasks, webhook, workerpools
@@ -44,7 +45,7 @@ FINALIZER = "beatkeeper.dev/finalizer"
 Pools = Mapping[tuple[str, str], Mapping[str, Any]]
 logger = logging.getLogger(__name__)
 _CERT_DIRS: list[Path] = []
-_RUN_NOW_GUARD_SECONDS = 7 * 86400
+_RUN_NOW_GUARD_SECONDS = 7 * 86400  # as long as the run's registry entry lives
 
 
 def utc_now() -> dt.datetime:
@@ -111,31 +112,46 @@ def pool_spec(raw: Mapping[str, Any] | None) -> WorkerPoolSpec | None:
         return None
 
 
-class RunPublisher:
-    """Publishes run-now runs through the worker package's publisher."""
+class RunControl:
+    """What the operator does to runs in the workers' registry: run-now, cancel, deletion.
+
+    Run-now: the token's slot is kept in Redis (first try wins), so every try
+    publishes the same run id (`<object>@<slot>~now-<hash of the token>`, never a
+    scheduled slot's id): a try that failed is tried again at the next reconcile,
+    and one that was published already is dropped by the claim. Cancel fails the
+    object's active runs with reason Cancelled. Deletion leaves a mark after
+    which no run of an earlier slot starts.
+    """
 
     def __init__(self, settings: OperatorSettings, client: redis.Redis) -> None:
         from beatkeeper_worker.app import create_app
+        from beatkeeper_worker.runs import RunRegistry
 
+        defaults = WorkerSettings()
         self.client = client
         self.app = create_app(
             WorkerSettings(broker_url=settings.redis_url), main="beatkeeper-operator"
         )
+        self.registry = RunRegistry(
+            client,
+            lease_seconds=defaults.lease_seconds,
+            retention_seconds=defaults.retention_seconds,
+            records_maxlen=defaults.records_maxlen,
+        )
 
     def run_now(
         self, plan: scheduledtasks.TaskPlan, uid: str, token: str, now: dt.datetime
-    ) -> bool:
-        """Publish one run for this token unless one was published before; True if so."""
+    ) -> None:
+        """Publish the token's run; raises redis.RedisError (the next reconcile retries)."""
+        from beatkeeper_worker import keys
         from beatkeeper_worker.publish import publish_run
 
         definition = plan.definition
         assert definition is not None
-        guard = f"beatkeeper:run-now:{uid}:{token}"
-        slot = now.replace(microsecond=0)
-        if not self.client.set(
-            guard, contract.format_slot(slot), nx=True, ex=_RUN_NOW_GUARD_SECONDS
-        ):
-            return False
+        guard = keys.run_now_key(uid, token)
+        self.client.set(guard, contract.format_slot(now), nx=True, ex=_RUN_NOW_GUARD_SECONDS)
+        stored = self.client.get(guard)
+        slot = contract.parse_slot(_text(stored)) if stored else now.replace(microsecond=0)
         envelope = contract.RunEnvelope.for_slot(
             definition.namespace,
             definition.object_name,
@@ -143,16 +159,37 @@ class RunPublisher:
             definition.task,
             definition.policy,
             trigger="run-now",
+            tag=contract.run_now_tag(token),
         )
         publish_run(self.app, envelope, definition.queue, now=now)
-        return True
+
+    def cancel(self, object_key: str, token: str, now: dt.datetime) -> int:
+        """Stop the object's runs in flight (Failed, Cancelled); returns how many."""
+        from beatkeeper_worker import records
+
+        found = []
+        message = f"cancelled by {CANCEL_ANNOTATION}={token}"
+        for run, stored, state in self.registry.active(object_key):
+            if stored is None:
+                continue
+            # A retrying run's registry entry holds the next attempt, which never started.
+            retrying = state == contract.RunState.RETRYING.value
+            envelope = (
+                stored.model_copy(update={"attempt": stored.attempt - 1}) if retrying else stored
+            )
+            found.append((run, records.failed(envelope, now, "Cancelled", message)))
+        return len(self.registry.cancel(found))
+
+    def mark_deleted(self, object_keys: Sequence[str], now: dt.datetime) -> None:
+        for key in object_keys:
+            self.registry.mark_deleted(key, now)
 
 
 @dataclass
 class ScheduledTaskReconciler:
     kube: KubeApi
     store: RedbeatStore
-    publisher: RunPublisher
+    control: RunControl
     clock: Clock
     writers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="status")
@@ -216,29 +253,63 @@ class ScheduledTaskReconciler:
         now: dt.datetime,
     ) -> None:
         desired = dict(plan.status)
-        token = item.run_now_token
-        if token and token != item.status.get("runNowToken") and plan.definition is not None:
-            uid = str(body.get("metadata", {}).get("uid", item.key))
-            if self.publisher.run_now(plan, uid, token, now):
-                post_events(
-                    self.kube, body, [Event("Normal", "RunNow", f"run requested by token {token}")]
-                )
-            desired["runNowToken"] = token
+        events = [*self._run_now(body, item, plan, desired, now), *self._cancel(item, desired, now)]
         changes = scheduledtasks.status_changes(item.status, desired, now)
         if changes and self.kube.patch_status("scheduledtasks", item.namespace, item.name, changes):
-            post_events(self.kube, body, plan.events)
+            post_events(self.kube, body, [*plan.events, *events])
+
+    def _run_now(
+        self,
+        body: Mapping[str, Any],
+        item: scheduledtasks.ObservedTask,
+        plan: scheduledtasks.TaskPlan,
+        desired: dict[str, Any],
+        now: dt.datetime,
+    ) -> list[Event]:
+        token = item.run_now_token
+        if not token or token == item.status.get("runNowToken") or plan.definition is None:
+            return []
+        uid = str(body.get("metadata", {}).get("uid", item.key))
+        try:
+            self.control.run_now(plan, uid, token, now)
+        except redis.RedisError as error:
+            # Not recorded as acted on: the next reconcile publishes the same run id.
+            logger.warning("run-now of %s not published yet: %s", item.key, error)
+            return []
+        desired["runNowToken"] = token
+        return [Event("Normal", "RunNow", f"run requested by token {token}")]
+
+    def _cancel(
+        self, item: scheduledtasks.ObservedTask, desired: dict[str, Any], now: dt.datetime
+    ) -> list[Event]:
+        token = item.cancel_token
+        if not token or token == item.status.get("cancelToken"):
+            return []
+        try:
+            stopped = self.control.cancel(item.key, token, now)
+        except redis.RedisError as error:
+            logger.warning("cancel of %s not done yet: %s", item.key, error)
+            return []
+        desired["cancelToken"] = token
+        return [Event("Normal", "Cancelled", f"token {token}: {stopped} active runs stopped")]
 
     def forget(self, namespace: str, name: str) -> None:
-        self.store.delete([contract.object_key(namespace, name)])
+        """The object is gone (no finalizer): its entry goes, and none of its runs start."""
+        key = contract.object_key(namespace, name)
+        self.control.mark_deleted([key], self.clock())
+        self.store.delete([key])
 
     def _finalize(self, bodies: Sequence[Mapping[str, Any]]) -> None:
         """The entry goes before the object does: delete it, then release the object."""
         mine = [b for b in bodies if FINALIZER in (b["metadata"].get("finalizers") or [])]
         if not mine:
             return
-        self.store.delete(
-            [contract.object_key(b["metadata"]["namespace"], b["metadata"]["name"]) for b in mine]
-        )
+        keys_ = [
+            contract.object_key(b["metadata"]["namespace"], b["metadata"]["name"]) for b in mine
+        ]
+        # The mark first: queued runs and waiting retries of the object never start.
+        self.control.mark_deleted(keys_, self.clock())
+        self.store.delete(keys_)
         for body in mine:
             meta = body["metadata"]
             self.kube.remove_finalizer("scheduledtasks", meta["namespace"], meta["name"], FINALIZER)
@@ -458,7 +529,7 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
     store = RedbeatStore(client, settings.redbeat_prefix)
     records = RunRecordStream(client)
-    publisher = RunPublisher(settings, client)
+    control = RunControl(settings, client)
     probe = BacklogProbe(client)
     return Runtime(
         settings=settings,
@@ -467,9 +538,13 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
         store=store,
         records=records,
         clock=clock,
-        scheduled_tasks=ScheduledTaskReconciler(kube, store, publisher, clock),
+        scheduled_tasks=ScheduledTaskReconciler(kube, store, control, clock),
         run_status=RunStatusWriter(kube, clock),
         worker_pools=WorkerPoolReconciler(kube, clock, probe),
         backlog=probe,
         closers=[kube.client.close, client.close],
     )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

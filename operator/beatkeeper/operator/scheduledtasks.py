@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from beatkeeper.api.scheduledtask import RUN_NOW_ANNOTATION, ScheduledTaskSpec
+from beatkeeper.api.scheduledtask import CANCEL_ANNOTATION, RUN_NOW_ANNOTATION, ScheduledTaskSpec
 from beatkeeper.api.validation import InvalidSpec, check_task_allowed, parse_scheduled_task
 from beatkeeper.api.workerpool import WorkerPoolSpec
 from beatkeeper.operator.conditions import (
@@ -59,6 +59,11 @@ class ObservedTask:
     @property
     def run_now_token(self) -> str | None:
         token = self.annotations.get(RUN_NOW_ANNOTATION, "").strip()
+        return token or None
+
+    @property
+    def cancel_token(self) -> str | None:
+        token = self.annotations.get(CANCEL_ANNOTATION, "").strip()
         return token or None
 
 
