@@ -177,17 +177,16 @@ class PoolWorkers:
         alive = (
             self.supervisor.log_dir / f"{namespace}-{pool}-{len(self.supervisor.components)}.alive"
         )
-        env = service_env(
-            self.cluster,
-            self.redis_url,
-            BEATKEEPER_WORKER_QUEUE=f"beatkeeper.{namespace}.{pool}",
-            BEATKEEPER_TASK_MODULES="e2e_tasks",
-            BEATKEEPER_ALLOWED_TASKS="beatkeeper.*,e2e.*",
-            BEATKEEPER_WORKER_CONCURRENCY="2",
-            BEATKEEPER_LIVENESS_FILE=str(alive),
+        settings = {
+            "BEATKEEPER_WORKER_QUEUE": f"beatkeeper.{namespace}.{pool}",
+            "BEATKEEPER_TASK_MODULES": "e2e_tasks",
+            "BEATKEEPER_ALLOWED_TASKS": "beatkeeper.*,e2e.*",
+            "BEATKEEPER_WORKER_CONCURRENCY": "2",
+            "BEATKEEPER_LIVENESS_FILE": str(alive),
             **FAST_WORKER,
-            **extra,
-        )
+            **extra,  # may override any of the above
+        }
+        env = service_env(self.cluster, self.redis_url, **settings)
         name = f"worker-{namespace}-{pool}-{len(self.supervisor.components)}"
         component = self.supervisor.start(
             name,
