@@ -134,8 +134,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> float:
 def finished_runs(client: redis.Redis, prefix: str) -> int:
     """Runs of this object whose final record is in the stream."""
     done = set()
-    for _ident, fields in client.xrange(contract.RUN_RECORDS_STREAM):  # type: ignore[union-attr]
-        record = contract.RunRecord.from_stream_fields(fields)
+    for record in contract.stream_records(client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
         if record.run_id.startswith(prefix) and record.state in ("Succeeded", "Failed"):
             done.add(record.run_id)
     return len(done)
@@ -177,8 +176,7 @@ def burst(
 
 
 def first_running(client: redis.Redis, prefix: str) -> contract.RunRecord | None:
-    for _ident, fields in client.xrange(contract.RUN_RECORDS_STREAM):  # type: ignore[union-attr]
-        record = contract.RunRecord.from_stream_fields(fields)
+    for record in contract.stream_records(client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
         if record.run_id.startswith(prefix) and record.state == "Running":
             return record
     return None

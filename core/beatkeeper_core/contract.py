@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -292,6 +293,37 @@ class RunRecord(_Versioned):
         if raw is None:
             raise ValueError("stream entry has no 'record' field")
         return cls.model_validate_json(raw)
+
+
+def stream_records(entries: Iterable[tuple[Any, Mapping[Any, Any]]]) -> list[RunRecord]:
+    """The run records among entries of the run-record stream (notices left out)."""
+    return [
+        RunRecord.from_stream_fields(fields)  # type: ignore[arg-type]
+        for _id, fields in entries
+        if "record" in fields or b"record" in fields
+    ]
+
+
+class ObjectNotice(_Versioned):
+    """Something about one ScheduledTask that is not a run's state change, for its Events.
+
+    Beat, which has no Kubernetes access, appends one to the run-record stream
+    (field `notice`) when it cannot plan an entry; the operator posts it as a
+    Warning event on the object.
+    """
+
+    namespace: str
+    name: str
+    reason: str  # CamelCase, the Event's reason
+    message: str = Field(default="", max_length=MESSAGE_LIMIT)
+    time: dt.datetime
+
+    @property
+    def object_key(self) -> str:
+        return object_key(self.namespace, self.name)
+
+    def to_stream_fields(self) -> dict[str, str]:
+        return {"notice": self.model_dump_json(exclude_defaults=True)}
 
 
 class ScheduleSpec(_Frozen):

@@ -86,8 +86,11 @@ class OperatorSettings:
     webhook_port: int  # 0: a free port (local mode)
     webhook_cert_dir: Path | None  # service mode: tls.crt and tls.key from a Secret
     health_port: int  # 0: no liveness endpoint
+    health_listen: str  # address it binds: 127.0.0.1 on a host, 0.0.0.0 in a pod
     metrics_port: int  # 0: no metrics endpoint
     redbeat_prefix: str
+    # An object whose own reconcile keeps failing is retried after this, doubling.
+    object_backoff_seconds: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
@@ -104,8 +107,10 @@ class OperatorSettings:
             webhook_port=int(_number(env, "BEATKEEPER_WEBHOOK_PORT", 0)),
             webhook_cert_dir=Path(cert_dir) if cert_dir else None,
             health_port=int(_number(env, "BEATKEEPER_HEALTH_PORT", 0)),
+            health_listen=env.get("BEATKEEPER_HEALTH_LISTEN", "127.0.0.1"),
             metrics_port=int(_number(env, "BEATKEEPER_METRICS_PORT", 0)),
             redbeat_prefix=env.get("BEATKEEPER_REDBEAT_PREFIX", "redbeat:"),
+            object_backoff_seconds=_positive(env, "BEATKEEPER_OBJECT_BACKOFF_SECONDS", 2.0),
         )
 
 

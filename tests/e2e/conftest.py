@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from e2e_helpers import FAST_WORKER, eventually
 
+from beatkeeper.devenv.cluster import free_port
 from beatkeeper.devenv.environment import Environment
 from beatkeeper.devenv.kube import kubectl
 from beatkeeper.devenv.node import GATEWAY
@@ -42,6 +43,10 @@ class OperatorProcess:
     @property
     def log(self) -> Path:
         return self.supervisor.log_dir / "operator.log"
+
+    @property
+    def healthz(self) -> str:
+        return f"http://127.0.0.1:{self.env['BEATKEEPER_HEALTH_PORT']}/healthz"
 
     def start(self) -> None:
         self.component = self.supervisor.start(
@@ -123,6 +128,8 @@ def operator(
         BEATKEEPER_RESYNC_SECONDS="2",
         BEATKEEPER_WEBHOOK="local",
         BEATKEEPER_NAMESPACES=HOST_OPERATOR_NAMESPACES,
+        BEATKEEPER_HEALTH_PORT=str(free_port()),
+        BEATKEEPER_OBJECT_BACKOFF_SECONDS="0.5",  # an object in trouble: retried 0.5, 1, 2 s...
     )
     supervisor = Supervisor(cluster.log_dir)
     process = OperatorProcess(cluster, supervisor, env)

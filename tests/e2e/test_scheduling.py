@@ -44,8 +44,7 @@ def task(name: str, **spec: Any) -> dict[str, Any]:
 def records(client: redis.Redis, namespace: str, name: str) -> list[contract.RunRecord]:
     prefix = f"{namespace}/{name}@"
     found = []
-    for _id, fields in client.xrange(contract.RUN_RECORDS_STREAM):  # type: ignore[union-attr]
-        record = contract.RunRecord.from_stream_fields(fields)
+    for record in contract.stream_records(client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
         if record.run_id.startswith(prefix):
             found.append(record)
     return found

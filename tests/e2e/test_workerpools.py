@@ -279,8 +279,7 @@ def test_pool_at_zero_has_a_ready_worker_before_the_slot(
     def started() -> contract.RunRecord | None:
         """the slot's run started"""
         prefix = f"{team}/once@"
-        for _id, fields in client.xrange(contract.RUN_RECORDS_STREAM):  # type: ignore[union-attr]
-            record = contract.RunRecord.from_stream_fields(fields)
+        for record in contract.stream_records(client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
             if record.run_id.startswith(prefix) and record.state == "Running":
                 return record
         return None

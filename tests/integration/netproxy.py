@@ -3,7 +3,9 @@
 `cut()` drops every byte in both directions from then on, on the open
 connections and on new ones (accepted, never answered): what the worker sees
 when the network between it and Redis fails silently, with no reset to tell
-it. Other clients of the same Redis are not affected.
+it. `heal()` forwards again: connections made during the cut are closed (their
+clients reconnect), and those whose bytes were dropped time out on their own.
+Other clients of the same Redis are not affected.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Partition:
     listener: socket.socket = field(init=False)
     cut_event: threading.Event = field(default_factory=threading.Event)
     sockets: list[socket.socket] = field(default_factory=list)
+    hanging: list[socket.socket] = field(default_factory=list)  # accepted during a cut
     lock: threading.Lock = field(default_factory=threading.Lock)
     acceptor: threading.Thread = field(init=False)
 
@@ -34,6 +37,14 @@ class Partition:
 
     def cut(self) -> None:
         self.cut_event.set()
+
+    def heal(self) -> None:
+        self.cut_event.clear()
+        with self.lock:
+            hanging, self.hanging = self.hanging, []
+        for sock in hanging:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self.cut_event.set()
@@ -55,6 +66,8 @@ class Partition:
             with self.lock:
                 self.sockets.append(client)
             if self.cut_event.is_set():
+                with self.lock:
+                    self.hanging.append(client)
                 continue  # accepted and left hanging, as a blackholed route is
             server = socket.create_connection(self.upstream)
             with self.lock:

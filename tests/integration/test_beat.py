@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from netproxy import Partition
 
 from beatkeeper.devenv.cluster import free_port
 from beatkeeper.devenv.processes import Component, Supervisor, wait_until
@@ -62,8 +63,7 @@ class Beats:
 
     def records(self, namespace: str) -> list[contract.RunRecord]:
         found = []
-        for _id, fields in self.client.xrange(contract.RUN_RECORDS_STREAM):  # type: ignore[union-attr]
-            record = contract.RunRecord.from_stream_fields(fields)
+        for record in contract.stream_records(self.client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
             if record.namespace == namespace:
                 found.append(record)
         return found
@@ -247,3 +247,89 @@ def test_beat_fires_an_entry_a_newer_operator_wrote(beats: Beats) -> None:
         15,
         "beat fired the newer entry",
     )
+
+
+def test_beat_cut_off_from_redis_for_30s_keeps_running_and_never_fires_a_slot_twice(
+    beats: Beats, redis_url: str
+) -> None:
+    """Beat A reaches Redis through a proxy cut for 30 s; beat B, direct, stands by."""
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    proxy = Partition((host, int(port)))
+    try:
+        direct, beats.redis_url = beats.redis_url, f"redis://127.0.0.1:{proxy.port}/0"
+        first = beats.start("beat-a")
+        beats.redis_url = direct
+        wait_for(lambda: beats.holder_ready(first), 30, "beat-a took the lock")
+        second = beats.start("beat-b")
+        namespace = f"n{uuid.uuid4().hex[:6]}"
+        beats.store.upsert_if_changed(
+            [entry(namespace, anchor=now().replace(microsecond=0), every=1)], now()
+        )
+        wait_for(lambda: len(beats.records(namespace)) >= 3, 10, "beat-a fires")
+
+        proxy.cut()
+        wait_for(lambda: beats.holder_ready(second), 30, "beat-b took over")
+        time.sleep(max(0.0, 30 - 8))  # the rest of a 30 s outage
+        proxy.heal()
+        healed = now()
+        wait_for(
+            lambda: "waiting to take it again" in first.log_path.read_text(),
+            30,
+            "beat-a noticed it lost the lock",
+        )
+        assert first.running(), "beat-a exited instead of waiting"
+        wait_for(
+            lambda: any(
+                r.time > healed + dt.timedelta(seconds=3) for r in beats.records(namespace)
+            ),
+            10,
+            "slots fire after the outage",
+        )
+        # B goes: A, still running, takes over and resumes firing.
+        beats.supervisor.stop(second, grace=10)
+        gone = now()
+        wait_for(
+            lambda: "Acquired lock" in first.log_path.read_text().split("waiting to take it")[-1],
+            30,
+            "beat-a took the lock again",
+        )
+        wait_for(
+            lambda: any(r.time > gone + dt.timedelta(seconds=2) for r in beats.records(namespace)),
+            20,
+            "beat-a fires again",
+        )
+        pending = [r.run_id for r in beats.records(namespace) if r.state == "Pending"]
+        assert len(pending) == len(set(pending)), "a slot was published twice"
+    finally:
+        proxy.close()
+
+
+def test_an_entry_beat_cannot_plan_is_reported_and_every_other_entry_fires(
+    beats: Beats,
+) -> None:
+    beat = beats.start()
+    wait_for(lambda: beats.holder_ready(beat), 30, "beat took its lock")
+    good, bad = f"g{uuid.uuid4().hex[:6]}", f"b{uuid.uuid4().hex[:6]}"
+    anchor = now().replace(microsecond=0)
+    broken = entry(bad, anchor=anchor, every=1)
+    beats.store.upsert_if_changed([entry(good, anchor=anchor, every=1), broken], now())
+    # A definition beat cannot plan (say, from a newer operator): a cron it refuses.
+    raw = json.loads(broken.model_dump_json())
+    raw["schedule"] = {"kind": "cron", "cron": "61 * * * *"}
+    beats.client.hset(contract.redbeat_key(bad, "t", beats.prefix), "definition", json.dumps(raw))
+
+    def noticed() -> list[contract.ObjectNotice]:
+        entries = beats.client.xrange(contract.RUN_RECORDS_STREAM)
+        found = [
+            contract.ObjectNotice.model_validate_json(fields[b"notice"])
+            for _id, fields in entries  # type: ignore[union-attr]
+            if b"notice" in fields
+        ]
+        return [n for n in found if n.namespace == bad]
+
+    (notice,) = wait_for(noticed, 15, "beat reported the entry")
+    assert notice.reason == "EntryPlanningFailed"
+    assert "61" in notice.message
+    wait_for(lambda: len(beats.records(good)) >= 3, 10, "the other entry keeps firing")
+    assert beat.running()
+    assert [r for r in beats.records(bad) if r.state == "Pending"] == []

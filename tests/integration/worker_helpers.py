@@ -31,6 +31,7 @@ from beatkeeper_core.contract import (
     RunState,
     TaskCall,
     queue_name,
+    stream_records,
 )
 from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker import keys
@@ -130,7 +131,7 @@ class Runs:
 
     def all_records(self) -> list[RunRecord]:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = self.client.xrange(RUN_RECORDS_STREAM)  # type: ignore[assignment]
-        return [RunRecord.from_stream_fields(fields) for _id, fields in entries]
+        return stream_records(entries)
 
     def records(self, run_id: str) -> list[RunRecord]:
         return [record for record in self.all_records() if record.run_id == run_id]

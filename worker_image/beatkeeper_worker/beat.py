@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +139,40 @@ class Firer:
             logger.error("unreadable redbeat entry %s: %s", entry.name, error)
             self.store.postpone(entry.name, now + _UNREADABLE_RETRY)
             return
+        try:
+            self._plan(entry, definition, upcoming, meta, now)
+        except Exception as error:  # one entry's trouble must not stop the others
+            logger.exception("planning redbeat entry %s failed; it waits", entry.name)
+            self.store.postpone(entry.name, now + _UNREADABLE_RETRY)
+            self._report(definition, now, error)
+
+    def _report(
+        self, definition: contract.EntryDefinition, now: dt.datetime, error: Exception
+    ) -> None:
+        """A notice on the stream: the operator turns it into a Warning event on the object."""
+        notice = contract.ObjectNotice(
+            namespace=definition.namespace,
+            name=definition.object_name,
+            reason="EntryPlanningFailed",
+            message=(
+                f"beat cannot plan this schedule's next run ({type(error).__name__}: "
+                f"{error}); it tries again in {_UNREADABLE_RETRY.total_seconds():.0f} s"
+            )[: contract.MESSAGE_LIMIT],
+            time=now,
+        )
+        try:
+            runtime_for(self.app).registry().append_notice(notice)
+        except redis.RedisError:
+            logger.warning("could not report the failed entry %s", definition.name)
+
+    def _plan(
+        self,
+        entry: DueEntry,
+        definition: contract.EntryDefinition,
+        upcoming: contract.EntryNext,
+        meta: contract.EntryMeta,
+        now: dt.datetime,
+    ) -> None:
         due = upcoming.due if upcoming.due is not None else now.timestamp()
         at = max(now, dt.datetime.fromtimestamp(due, dt.UTC))
         plan = firing.plan_fire(definition, upcoming, meta, at)
@@ -250,10 +283,15 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
         try:
             self.lock.extend(int(self.lock_timeout))
         except redis.exceptions.LockError:
-            # Another beat holds the lock now (we stalled past its timeout):
-            # firing on would duplicate publishes. Exit; a restart waits as standby.
-            logger.error("beat lost its lock %s; exiting", self.lock_key)
-            sys.exit(3)
+            # The lock expired while this beat could not renew it (Redis away longer
+            # than the lock timeout, a stall): another beat may hold it now. Firing
+            # on would duplicate publishes, so this beat waits to take it again, as
+            # a standby does, and forgets what it had prepared.
+            logger.error("beat lost its lock %s; waiting to take it again", self.lock_key)
+            self.lock = None
+            self.firer.prepared.clear()
+            self.lock = self._acquire_lock()
+            logger.info("beat: Acquired lock %s again", self.lock_key)
 
     def _acquire_lock(self) -> Any:
         """The lock as redbeat makes it (timeout, polling, extend-to script), held."""

@@ -19,7 +19,13 @@ from typing import Literal
 import redis
 from redis.commands.core import Script
 
-from beatkeeper_core.contract import RUN_RECORDS_STREAM, RunEnvelope, RunRecord, RunState
+from beatkeeper_core.contract import (
+    RUN_RECORDS_STREAM,
+    ObjectNotice,
+    RunEnvelope,
+    RunRecord,
+    RunState,
+)
 from beatkeeper_worker import keys
 
 _PRELUDE = """
@@ -602,6 +608,15 @@ class RunRegistry:
     def forget_retries(self, queue: str, envelopes: Sequence[str]) -> None:
         if envelopes:
             self.client.zrem(keys.retries_key(queue), *envelopes)
+
+    def append_notice(self, notice: ObjectNotice) -> None:
+        """A notice about an object, on the run-record stream (see `ObjectNotice`)."""
+        self.client.xadd(
+            self.stream,
+            notice.to_stream_fields(),  # type: ignore[arg-type]
+            maxlen=self._maxlen,
+            approximate=True,
+        )
 
     def append(self, records: Iterable[RunRecord]) -> None:
         """XADD records that no script wrote (runs a Replace claim stopped)."""

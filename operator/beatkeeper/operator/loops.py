@@ -23,8 +23,10 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from beatkeeper.operator.conditions import Event
 from beatkeeper.operator.indexes import IndexView, snapshot
-from beatkeeper.operator.runtime import Runtime
+from beatkeeper.operator.runrecords import PARKED_STREAM
+from beatkeeper.operator.runtime import Runtime, post_events
 from beatkeeper_core import contract
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 RESYNC_BATCH = 500
 GC_EVERY = 6  # resync periods between orphan sweeps
 STATUS_WRITERS = 8  # concurrent status patches
+PARK_AFTER = 5  # failed applications of an object's records before they are parked
 
 
 COALESCE_SECONDS = 0.02
@@ -118,14 +121,15 @@ async def _write(
     body: Mapping[str, Any],
     records: list[contract.RunRecord],
     gate: asyncio.Semaphore,
-) -> bool:
+) -> str | None:
+    """Apply the records to the object's status; the error, or None when written."""
     async with gate:
         try:
             await asyncio.to_thread(runtime.run_status.apply, body, records)
-        except Exception:
-            logger.exception("status of %s not written", records[0].object_key)
-            return False
-    return True
+        except Exception as error:
+            logger.warning("status of %s not written: %s", records[0].object_key, error)
+            return f"{type(error).__name__}: {error}"
+    return None
 
 
 async def _object(runtime: Runtime, tasks: IndexView, key: str) -> Mapping[str, Any] | None:
@@ -143,23 +147,64 @@ async def consume_once(runtime: Runtime, tasks: IndexView, gate: asyncio.Semapho
     if not batch:
         return
     grouped: dict[str, list[tuple[str, contract.RunRecord]]] = {}
-    for ident, record in batch:
-        grouped.setdefault(record.object_key, []).append((ident, record))
     done: list[str] = []
+    for ident, entry in batch:
+        if isinstance(entry, contract.ObjectNotice):
+            await _post_notice(runtime, tasks, entry)
+            done.append(ident)
+        else:
+            grouped.setdefault(entry.object_key, []).append((ident, entry))
     writes, waiting = [], []
+    troubles = runtime.run_status.troubles
     for key, items in grouped.items():
         body = await _object(runtime, tasks, key)
         if body is None:  # records of deleted objects are dropped
             done += [ident for ident, _ in items]
             continue
+        uid = str(body["metadata"].get("uid", key))
+        if not troubles.due(uid):
+            continue  # held back while its backoff runs; the others go on
         writes.append(_write(runtime, body, [record for _, record in items], gate))
-        waiting.append([ident for ident, _ in items])
-    for ok, idents in zip(await asyncio.gather(*writes), waiting, strict=True):
-        if ok:
-            done += idents
+        waiting.append((uid, body, items))
+    for error, (uid, body, items) in zip(await asyncio.gather(*writes), waiting, strict=True):
+        if error is None:
+            troubles.cleared(uid)
+            done += [ident for ident, _ in items]
+        elif await asyncio.to_thread(_held_back, runtime, uid, body, items, error):
+            done += [ident for ident, _ in items]
     await asyncio.to_thread(runtime.records.ack, done)
     if len(done) < len(batch):
-        runtime.records.reread_pending()  # the failed objects' records, next round
+        runtime.records.reread_pending()  # the held-back records, once their backoff passed
+
+
+async def _post_notice(runtime: Runtime, tasks: IndexView, notice: contract.ObjectNotice) -> None:
+    """A notice (from beat) as a Warning event on its object, if the object still exists."""
+    body = await _object(runtime, tasks, notice.object_key)
+    if body is not None:
+        events = [Event("Warning", notice.reason, notice.message)]
+        await asyncio.to_thread(post_events, runtime.kube, body, events)
+
+
+def _held_back(
+    runtime: Runtime,
+    uid: str,
+    body: Mapping[str, Any],
+    items: list[tuple[str, contract.RunRecord]],
+    error: str,
+) -> bool:
+    """Back off, or park the records after PARK_AFTER tries; True once they are parked."""
+    trouble = runtime.run_status.troubles.failed(uid, "RunRecordsNotApplied", error)
+    if trouble.failures < PARK_AFTER:
+        return False
+    runtime.records.park(items, error)
+    message = (
+        f"{len(items)} run records could not be applied to status after {trouble.failures} "
+        f"tries and were parked in {PARKED_STREAM} ({error})"
+    )
+    logger.error("%s: %s", items[0][1].object_key, message)
+    post_events(runtime.kube, body, [Event("Warning", "RunRecordsParked", message)])
+    runtime.run_status.troubles.cleared(uid)
+    return True
 
 
 async def consume_records_forever(runtime: Runtime, tasks: IndexView) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import redis
 
 from beatkeeper.api.base import GROUP, VERSION
 from beatkeeper.operator import loops, workerpools
@@ -34,6 +35,7 @@ from beatkeeper.operator.indexes import (
 )
 from beatkeeper.operator.podhealth import ObservedPod
 from beatkeeper.operator.runtime import Admission, Runtime, build_runtime, start_admission
+from beatkeeper.operator.supervision import LoopsUnhealthy, LoopSupervisor
 from beatkeeper_core.settings import Settings
 
 ST = (GROUP, VERSION, "scheduledtasks")
@@ -69,26 +71,53 @@ async def startup(
     queue = memo["queue"] = loops.WorkQueue()
     memo["reconciled_fingerprints"] = {}
     memo["pool_generations"] = SpecGenerations()
-    memo["loops"] = [
-        asyncio.create_task(
-            loops.reconcile_queued_forever(runtime, queue, tasks, pools), name="queue"
-        ),
-        asyncio.create_task(loops.resync_forever(runtime, tasks, pools), name="resync"),
-        asyncio.create_task(loops.consume_records_forever(runtime, tasks), name="run-records"),
-    ]
+    supervisor = memo["loops"] = LoopSupervisor()
+    supervisor.start("queue", lambda: loops.reconcile_queued_forever(runtime, queue, tasks, pools))
+    supervisor.start("resync", lambda: loops.resync_forever(runtime, tasks, pools))
+    supervisor.start("run-records", lambda: loops.consume_records_forever(runtime, tasks))
     logger.info("operator configured", extra={"webhook": config.webhook})
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for task in memo.get("loops", []):
-        task.cancel()
+    supervisor: LoopSupervisor | None = memo.get("loops")
+    if supervisor is not None:
+        supervisor.cancel()
     admission_server: Admission | None = memo.get("admission")
     if admission_server is not None:
         await asyncio.to_thread(admission_server.stop)
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await asyncio.to_thread(runtime.close)
+
+
+@kopf.on.probe(id="loops")
+async def loops_probe(memo: kopf.Memo, **_: Any) -> dict[str, dict[str, object]]:
+    """/healthz: the background loops; failing once one was given up on (a restart helps)."""
+    supervisor: LoopSupervisor = memo["loops"]
+    try:
+        return supervisor.check()
+    except LoopsUnhealthy as error:
+        raise kopf.PermanentError(str(error)) from None
+
+
+@kopf.on.probe(id="objectsInTrouble")
+async def trouble_probe(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+    """/healthz: how many objects are backing off, and run records parked so far."""
+    runtime: Runtime = memo["runtime"]
+    parked = await asyncio.to_thread(_parked, runtime)
+    return {
+        "scheduledTasks": len(runtime.scheduled_tasks.troubles),
+        "runRecordObjects": len(runtime.run_status.troubles),
+        "parkedRunRecords": parked,
+    }
+
+
+def _parked(runtime: Runtime) -> int:
+    try:
+        return runtime.records.parked()
+    except redis.RedisError:
+        return -1  # unknown while Redis is away
 
 
 # Index functions are async: pure and cheap, they need no hop to a thread.
@@ -238,7 +267,9 @@ async def worker_pool_daemon(
 def run() -> None:
     """Run the operator in the foreground until SIGINT/SIGTERM."""
     config = Settings.from_env().operator
-    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    liveness = (
+        f"http://{config.health_listen}:{config.health_port}/healthz" if config.health_port else None
+    )
     kopf.configure(verbose=False)
     # Per-event "Handler succeeded" and per-request access lines would cost more
     # than the work at thousands of objects; warnings and errors still show.

@@ -9,11 +9,14 @@ calls it through `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -29,11 +32,12 @@ from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_w
 from beatkeeper.api.workerpool import WorkerPoolSpec
 from beatkeeper.operator import autoscaler, runstatus, scheduledtasks, webhook, workerpools
 from beatkeeper.operator.backlog import BacklogProbe
-from beatkeeper.operator.conditions import Event
+from beatkeeper.operator.conditions import Event, Health, health_conditions, parse_conditions
 from beatkeeper.operator.deployments import ObservedDeployment, deployment_name
 from beatkeeper.operator.kubeapi import KubeApi, api_client, namespace_terminating
 from beatkeeper.operator.podhealth import ObservedPod
 from beatkeeper.operator.runrecords import RunRecordStream
+from beatkeeper.operator.trouble import TroubleBook
 from beatkeeper.operator.webhook import AdmissionServer
 from beatkeeper.pki import CertificateAuthority
 from beatkeeper_core import contract
@@ -46,6 +50,8 @@ Pools = Mapping[tuple[str, str], Mapping[str, Any]]
 logger = logging.getLogger(__name__)
 _CERT_DIRS: list[Path] = []
 _RUN_NOW_GUARD_SECONDS = 7 * 86400  # as long as the run's registry entry lives
+# Plans after which the object's entry is left as it is (its state is not known).
+_ENTRY_LEFT_ALONE = frozenset({"PlanningFailed", "EntryWriteFailed"})
 
 
 def utc_now() -> dt.datetime:
@@ -194,23 +200,42 @@ class ScheduledTaskReconciler:
     writers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="status")
     )
+    troubles: TroubleBook = field(default_factory=TroubleBook)
 
     def reconcile(self, body: Mapping[str, Any], pools: Pools) -> None:
         self.reconcile_many([body], pools)
 
     def reconcile_many(self, bodies: Sequence[Mapping[str, Any]], pools: Pools) -> None:
-        """Level-triggered: entries and reconcile-owned status of these objects."""
+        """Level-triggered: entries and reconcile-owned status of these objects.
+
+        An error confined to one object (its planner raises, its entry cannot
+        be written, its status cannot) is that object's alone: it gets a
+        condition saying so where it can, one Warning event, and a retry after a
+        backoff, while every other object of the batch goes on.
+        """
         deleting = [body for body in bodies if body["metadata"].get("deletionTimestamp")]
         self._finalize(deleting)
-        bodies = [body for body in bodies if not body["metadata"].get("deletionTimestamp")]
-        self._ensure_finalizers(bodies)
         now = self.clock()
-        observed = [scheduledtasks.ObservedTask.from_body(body) for body in bodies]
-        plans = [self._plan(item, pools, now) for item in observed]
-        plans = self._apply_entries(observed, plans, now)
+        work: list[tuple[Mapping[str, Any], scheduledtasks.ObservedTask, scheduledtasks.TaskPlan]]
+        work = []
+        for body in bodies:
+            if body["metadata"].get("deletionTimestamp") or not self.troubles.due(_uid(body)):
+                continue
+            item = scheduledtasks.ObservedTask.from_body(body)
+            try:
+                self._ensure_finalizer(body)
+                plan = self._plan(item, pools, now)
+            except (ApiException, redis.RedisError) as error:
+                self._failed(body, "ReconcileFailed", _describe(error))
+                continue
+            except Exception as error:  # a planner bug must not stop the others
+                logger.exception("planning %s failed", item.key)
+                plan = self._troubled(body, item, "PlanningFailed", _describe(error), now)
+            work.append((body, item, plan))
+        plans = self._apply_entries(work, now)
         jobs = [
             self.writers.submit(self._write_status, body, item, plan, now)
-            for body, item, plan in zip(bodies, observed, plans, strict=True)
+            for (body, item, _), plan in zip(work, plans, strict=True)
         ]
         for job in jobs:
             job.result()
@@ -224,26 +249,69 @@ class ScheduledTaskReconciler:
         )
 
     def _apply_entries(
-        self,
-        observed: Sequence[scheduledtasks.ObservedTask],
-        plans: list[scheduledtasks.TaskPlan],
-        now: dt.datetime,
+        self, work: Sequence[Any], now: dt.datetime
     ) -> list[scheduledtasks.TaskPlan]:
-        wanted = [plan.definition for plan in plans if plan.definition is not None]
-        unwanted = [
-            item.key for item, plan in zip(observed, plans, strict=True) if plan.definition is None
-        ]
+        plans = [plan for _, _, plan in work]
         try:
-            self.store.upsert_if_changed(wanted, now)
-            self.store.delete(unwanted)
-        except redis.RedisError as error:
+            self._write_entries([item for _, item, _ in work], plans, now)
+        except redis.ConnectionError as error:  # Redis itself is away: every object waits
             logger.warning("redis unavailable: %s", error)
             why = f"the schedule could not be written to Redis: {error}"
             return [
                 scheduledtasks.unarmed(item, plan, why, now)
-                for item, plan in zip(observed, plans, strict=True)
+                for (_, item, _), plan in zip(work, plans, strict=True)
             ]
+        except redis.RedisError:
+            return [self._write_entry_alone(body, item, plan, now) for body, item, plan in work]
         return plans
+
+    def _write_entries(
+        self,
+        observed: Sequence[scheduledtasks.ObservedTask],
+        plans: Sequence[scheduledtasks.TaskPlan],
+        now: dt.datetime,
+    ) -> None:
+        wanted = [plan.definition for plan in plans if plan.definition is not None]
+        unwanted = [
+            item.key
+            for item, plan in zip(observed, plans, strict=True)
+            if plan.definition is None and plan.health.reason not in _ENTRY_LEFT_ALONE
+        ]
+        self.store.upsert_if_changed(wanted, now)
+        self.store.delete(unwanted)
+
+    def _write_entry_alone(
+        self,
+        body: Mapping[str, Any],
+        item: scheduledtasks.ObservedTask,
+        plan: scheduledtasks.TaskPlan,
+        now: dt.datetime,
+    ) -> scheduledtasks.TaskPlan:
+        """After a batch write failed: this object's entry on its own, to find who fails."""
+        try:
+            self._write_entries([item], [plan], now)
+        except redis.RedisError as error:
+            message = f"its redbeat entry cannot be written: {_describe(error)}"
+            return self._troubled(body, item, "EntryWriteFailed", message, now)
+        return plan
+
+    def _troubled(
+        self,
+        body: Mapping[str, Any],
+        item: scheduledtasks.ObservedTask,
+        reason: str,
+        message: str,
+        now: dt.datetime,
+    ) -> scheduledtasks.TaskPlan:
+        self._failed(body, reason, message)
+        return scheduledtasks.troubled(item, reason, message, now)
+
+    def _failed(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        trouble = self.troubles.failed(_uid(body), reason, message)
+        logger.warning("%s of %s: %s (retry in %d s)", reason, _key(body), message,
+                       max(0, int(trouble.retry_at - time.monotonic())))  # fmt: skip
+        if trouble.announce:
+            post_events(self.kube, body, [Event("Warning", reason, message)])
 
     def _write_status(
         self,
@@ -255,8 +323,17 @@ class ScheduledTaskReconciler:
         desired = dict(plan.status)
         events = [*self._run_now(body, item, plan, desired, now), *self._cancel(item, desired, now)]
         changes = scheduledtasks.status_changes(item.status, desired, now)
-        if changes and self.kube.patch_status("scheduledtasks", item.namespace, item.name, changes):
+        try:
+            written = not changes or self.kube.patch_status(
+                "scheduledtasks", item.namespace, item.name, changes
+            )
+        except Exception as error:  # refused for this object alone (a policy, a bad value)
+            self._failed(body, "StatusWriteFailed", f"status not written: {_describe(error)}")
+            return
+        if changes and written:
             post_events(self.kube, body, [*plan.events, *events])
+        if plan.health.reason not in _ENTRY_LEFT_ALONE:
+            self.troubles.cleared(_uid(body))
 
     def _run_now(
         self,
@@ -312,16 +389,18 @@ class ScheduledTaskReconciler:
         self.store.delete(keys_)
         for body in mine:
             meta = body["metadata"]
-            self.kube.remove_finalizer("scheduledtasks", meta["namespace"], meta["name"], FINALIZER)
-
-    def _ensure_finalizers(self, bodies: Sequence[Mapping[str, Any]]) -> None:
-        # Normally the mutating webhook added it at creation.
-        for body in bodies:
-            meta = body["metadata"]
-            if FINALIZER not in (meta.get("finalizers") or []):
-                self.kube.add_finalizer(
+            try:
+                self.kube.remove_finalizer(
                     "scheduledtasks", meta["namespace"], meta["name"], FINALIZER
                 )
+            except ApiException as error:
+                self._failed(body, "FinalizerFailed", _describe(error))
+
+    def _ensure_finalizer(self, body: Mapping[str, Any]) -> None:
+        # Normally the mutating webhook added it at creation.
+        meta = body["metadata"]
+        if FINALIZER not in (meta.get("finalizers") or []):
+            self.kube.add_finalizer("scheduledtasks", meta["namespace"], meta["name"], FINALIZER)
 
 
 @dataclass
@@ -331,6 +410,7 @@ class RunStatusWriter:
     kube: KubeApi
     clock: Clock
     views: dict[str, runstatus.RunView] = field(default_factory=dict)  # by object uid
+    troubles: TroubleBook = field(default_factory=TroubleBook)  # objects refusing records
 
     def apply(self, body: Mapping[str, Any], records: Sequence[contract.RunRecord]) -> None:
         meta = body["metadata"]
@@ -387,6 +467,7 @@ class WorkerPoolReconciler:
     probe: BacklogProbe | None = None
     memory: dict[str, PoolMemory] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
+    troubles: TroubleBook = field(default_factory=TroubleBook)
 
     def reconcile(
         self,
@@ -396,7 +477,54 @@ class WorkerPoolReconciler:
         pods: Iterable[ObservedPod] = (),
     ) -> float:
         """`slots`: `workerpools.slot_source` of the pool's tasks; `deployments`: the index;
-        `pods`: the pool's pods (from the pod index)."""
+        `pods`: the pool's pods (from the pod index).
+
+        An error of this pool alone (its planner raises, its status or Deployment
+        is refused) is reported on the pool (a Stalled condition where its status
+        can be written, one Warning event) and retried after a backoff; the
+        returned interval is then the backoff.
+        """
+        uid = _uid(body)
+        try:
+            interval = self._reconcile(body, slots, deployments, pods)
+        except kopf.TemporaryError:
+            raise
+        except (ApiException, redis.RedisError) as error:
+            return self._failed(body, "ReconcileFailed", _describe(error))
+        except Exception as error:
+            logger.exception("reconciling WorkerPool %s failed", _key(body))
+            return self._failed(body, "PlanningFailed", _describe(error))
+        self.troubles.cleared(uid)
+        return interval
+
+    def _failed(self, body: Mapping[str, Any], reason: str, message: str) -> float:
+        trouble = self.troubles.failed(_uid(body), reason, message)
+        if trouble.announce:
+            post_events(self.kube, body, [Event("Warning", reason, message)])
+            observed = workerpools.ObservedPool.from_body(body)
+            health = Health.stalled(reason, message)
+            conditions = health_conditions(
+                parse_conditions(observed.status.get("conditions")),
+                health,
+                observed.generation,
+                self.clock(),
+            )
+            with contextlib.suppress(Exception):  # the status may be what refuses
+                self.kube.patch_status(
+                    "workerpools",
+                    observed.namespace,
+                    observed.name,
+                    {"conditions": [c.to_api() for c in conditions]},
+                )
+        return max(trouble.retry_at - time.monotonic(), 1.0)
+
+    def _reconcile(
+        self,
+        body: Mapping[str, Any],
+        slots: Iterable[Mapping[str, Any]],
+        deployments: Mapping[tuple[str, str], ObservedDeployment] | None,
+        pods: Iterable[ObservedPod],
+    ) -> float:
         observed = workerpools.ObservedPool.from_body(body)
         memory = self._memory(observed.uid)
         with memory.lock:
@@ -530,6 +658,7 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
     store = RedbeatStore(client, settings.redbeat_prefix)
     records = RunRecordStream(client)
     control = RunControl(settings, client)
+    backoff = settings.object_backoff_seconds
     probe = BacklogProbe(client)
     return Runtime(
         settings=settings,
@@ -538,9 +667,11 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
         store=store,
         records=records,
         clock=clock,
-        scheduled_tasks=ScheduledTaskReconciler(kube, store, control, clock),
-        run_status=RunStatusWriter(kube, clock),
-        worker_pools=WorkerPoolReconciler(kube, clock, probe),
+        scheduled_tasks=ScheduledTaskReconciler(
+            kube, store, control, clock, troubles=TroubleBook(base=backoff)
+        ),
+        run_status=RunStatusWriter(kube, clock, troubles=TroubleBook(base=backoff)),
+        worker_pools=WorkerPoolReconciler(kube, clock, probe, troubles=TroubleBook(base=backoff)),
         backlog=probe,
         closers=[kube.client.close, client.close],
     )
@@ -548,3 +679,23 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _uid(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return str(meta.get("uid") or _key(body))
+
+
+def _key(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return contract.object_key(str(meta.get("namespace")), str(meta.get("name")))
+
+
+def _describe(error: BaseException) -> str:
+    """A short, single-line account of an error (an ApiException's reason and message)."""
+    if isinstance(error, ApiException):
+        detail = error.reason or ""
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            detail = json.loads(error.body or "{}").get("message") or detail
+        return f"{error.status} {detail}"[:500]
+    return f"{type(error).__name__}: {error}"[:500]

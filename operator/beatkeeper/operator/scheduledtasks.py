@@ -230,6 +230,14 @@ def plan_scheduled_task(
     )
 
 
+def troubled(observed: ObservedTask, reason: str, message: str, now: dt.datetime) -> TaskPlan:
+    """The plan of an object whose own reconcile keeps failing (its planner raised, its
+    entry cannot be written): Stalled with the reason, no next time, its entry left
+    as it is."""
+    health = Health.stalled(reason, message)
+    return TaskPlan(None, health, _status(observed, health, now, None, None), [])
+
+
 def unarmed(observed: ObservedTask, plan: TaskPlan, why: str, now: dt.datetime) -> TaskPlan:
     """The plan after its entry could not be written: not Ready, no next time."""
     if plan.definition is None:
