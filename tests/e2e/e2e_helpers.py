@@ -46,3 +46,13 @@ def apply(
 
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
+
+
+def hostless_pool(name: str = "p") -> dict[str, Any]:
+    """A pool with no pods: its runs go to worker processes the test starts on the host."""
+    return {
+        "apiVersion": "beatkeeper.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": name},
+        "spec": {"image": "worker:1", "replicas": 0, "allowedTasks": ["beatkeeper.*", "e2e.*"]},
+    }

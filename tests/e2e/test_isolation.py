@@ -23,20 +23,11 @@ from typing import Any
 
 import pytest
 import redis
-from e2e_helpers import apply, condition, eventually, get_json
+from e2e_helpers import apply, condition, eventually, get_json, hostless_pool
 
 from beatkeeper.devenv.kube import kubectl
 from beatkeeper.operator.runrecords import PARKED_STREAM
 from beatkeeper_core import contract
-
-
-def pool() -> dict[str, Any]:
-    return {
-        "apiVersion": "beatkeeper.dev/v1alpha1",
-        "kind": "WorkerPool",
-        "metadata": {"name": "p"},
-        "spec": {"image": "worker:1", "replicas": 0, "allowedTasks": ["beatkeeper.*", "e2e.*"]},
-    }
 
 
 def ticking(name: str, key: str) -> dict[str, Any]:
@@ -136,7 +127,7 @@ def test_each_objects_trouble_stays_its_own_and_the_others_keep_moving(
     faults: redis.Redis,
 ) -> None:
     client = faults
-    apply(kubeconfig, namespace, pool())
+    apply(kubeconfig, namespace, hostless_pool())
     workers.start(namespace)
     for name in ("ok", "refused", "wrongtype"):
         apply(kubeconfig, namespace, ticking(name, f"{namespace}:{name}"))
@@ -186,7 +177,7 @@ def test_each_objects_trouble_stays_its_own_and_the_others_keep_moving(
 def test_a_notice_from_beat_becomes_a_warning_on_its_object(
     kubeconfig: Path, namespace: str, operator: Any, redis_url: str
 ) -> None:
-    apply(kubeconfig, namespace, pool())
+    apply(kubeconfig, namespace, hostless_pool())
     apply(kubeconfig, namespace, ticking("planless", f"{namespace}:planless"))
     notice = contract.ObjectNotice(
         namespace=namespace,

@@ -15,20 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from e2e_helpers import apply, eventually, get_json
+from e2e_helpers import apply, eventually, get_json, hostless_pool
 
 from beatkeeper.devenv.kube import kubectl
 from beatkeeper_core import contract
 from beatkeeper_worker import keys
-
-
-def pool() -> dict[str, Any]:
-    return {
-        "apiVersion": "beatkeeper.dev/v1alpha1",
-        "kind": "WorkerPool",
-        "metadata": {"name": "p"},
-        "spec": {"image": "worker:1", "replicas": 0, "allowedTasks": ["beatkeeper.*", "e2e.*"]},
-    }
 
 
 def task(name: str, **spec: Any) -> dict[str, Any]:
@@ -59,7 +50,7 @@ def test_a_deleted_tasks_queued_runs_never_start_and_the_running_one_finishes(
     kubeconfig: Path, namespace: str, operator: Any, beat: Any, workers: Any, redis_url: str
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    apply(kubeconfig, namespace, pool())
+    apply(kubeconfig, namespace, hostless_pool())
     workers.start(namespace, BEATKEEPER_WORKER_CONCURRENCY="1", BEATKEEPER_WORKER_PREFETCH="1")
     key = f"{namespace}:del"
     apply(kubeconfig, namespace, task("del", every="1s",
@@ -87,7 +78,7 @@ def test_cancel_stops_the_active_run_once_per_token(
     kubeconfig: Path, namespace: str, operator: Any, workers: Any, redis_url: str
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    apply(kubeconfig, namespace, pool())
+    apply(kubeconfig, namespace, hostless_pool())
     workers.start(namespace)
     key = f"{namespace}:cancel"
     apply(kubeconfig, namespace, task("long", at="2035-01-01T00:00:00Z",
@@ -128,7 +119,7 @@ def test_a_run_now_whose_publish_failed_is_published_later_once(
     kubeconfig: Path, namespace: str, operator: Any, workers: Any, redis_url: str
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    apply(kubeconfig, namespace, pool())
+    apply(kubeconfig, namespace, hostless_pool())
     queue = contract.queue_name(namespace, "p")
     client.set(queue, "not a list")  # the queue key of the wrong type: every publish fails
     key = f"{namespace}:now"

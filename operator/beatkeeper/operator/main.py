@@ -267,9 +267,8 @@ async def worker_pool_daemon(
 def run() -> None:
     """Run the operator in the foreground until SIGINT/SIGTERM."""
     config = Settings.from_env().operator
-    liveness = (
-        f"http://{config.health_listen}:{config.health_port}/healthz" if config.health_port else None
-    )
+    endpoint = f"http://{config.health_listen}:{config.health_port}/healthz"
+    liveness = endpoint if config.health_port else None
     kopf.configure(verbose=False)
     # Per-event "Handler succeeded" and per-request access lines would cost more
     # than the work at thousands of objects; warnings and errors still show.
