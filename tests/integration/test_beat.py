@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import redis
-from netproxy import Partition
 
 from beatkeeper.devenv.cluster import free_port
+from beatkeeper.devenv.netproxy import Partition
 from beatkeeper.devenv.processes import Component, Supervisor, wait_until
 from beatkeeper_core import contract
 from beatkeeper_core.redbeat import RedbeatStore

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from netproxy import Partition
 from worker_helpers import Runs, Workers
 
+from beatkeeper.devenv.netproxy import Partition
 from beatkeeper_core.contract import RunState
 
 pytestmark = pytest.mark.timeout(120)

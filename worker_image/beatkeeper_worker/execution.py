@@ -164,7 +164,7 @@ class Executor:
             outcome = Outcome(records.succeeded(envelope, started, self._clock(), worker))
         finally:
             _CURRENT.reset(token)
-        return self._settle(envelope, owner, outcome)
+        return self._settle(envelope, owner, outcome, lease.confirmed_at)
 
     def _deadlines(self, envelope: RunEnvelope) -> tuple[float | None, float | None]:
         # The prefork pool enforces the limits itself (they travel in the message).
@@ -218,19 +218,37 @@ class Executor:
             records.failed(envelope, self._clock(), reason, text, started=started, worker=worker)
         )
 
-    def _settle(self, envelope: RunEnvelope, owner: str, outcome: Outcome) -> str:
+    def _settle(
+        self, envelope: RunEnvelope, owner: str, outcome: Outcome, confirmed_at: float
+    ) -> str:
+        """Write the outcome while the lease can still be ours (Redis may be away a while).
+
+        Until a second before the lease can expire (`confirmed_at` plus the lease),
+        a Redis error is retried: a short outage must not lose an outcome and make
+        the run execute again elsewhere. Past that, the sweeper may recover the run,
+        and the outcome is left to the copy that runs then.
+        """
         retry = (outcome.retry.envelope, outcome.retry.delay) if outcome.retry else None
-        # A soft limit firing after the task returned must not lose the outcome.
-        for _ in range(2):
+        give_up_at = confirmed_at + self._settings.lease_seconds - 1.0
+        soft_limits = 0
+        while True:
             try:
                 written = self._registry.settle(
                     envelope, self._queue, owner, outcome.record, retry=retry
                 )
                 break
             except SoftTimeLimitExceeded:
-                continue
-        else:
-            written = False
+                # A soft limit firing after the task returned must not lose the outcome.
+                soft_limits += 1
+                if soft_limits > 1:
+                    written = False
+                    break
+            except redis.RedisError as error:
+                if time.monotonic() >= give_up_at:
+                    log.error("outcome of %s not written (%s); its lease runs out", envelope.run_id,
+                              error)  # fmt: skip
+                    return "unwritten"
+                time.sleep(0.5)
         if not written:
             log.warning("outcome of %s discarded: the lease was lost", envelope.run_id)
             return "discarded"

@@ -29,17 +29,21 @@ def start_redis(
     executable: str = "redis-server",
     *,
     pod_network: str | None = None,
+    port: int | None = None,
+    append_only: bool = False,
+    name: str = "redis",
 ) -> tuple[Component, str]:
     """Start redis-server; return the component and its URL.
 
     With `pod_network` (the node's gateway address) Redis also listens there, so
     pods reach it, and asks for a password; the URL then names that address,
-    which the host reaches too.
+    which the host reaches too. `port` and `workdir` given again restart the same
+    server; with `append_only` its data (AOF, fsynced every second) survives that.
     """
     if shutil.which(executable) is None:
         raise RedisMissing(f"{executable} not found; install it with: apt-get install redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     url = f"redis://127.0.0.1:{port}/0"
     exposed: list[str] = []
     if pod_network is not None:
@@ -51,7 +55,7 @@ def start_redis(
         config.chmod(0o600)
         exposed = [str(config)]
     component = supervisor.start(
-        "redis",
+        name,
         [
             executable,
             *exposed,
@@ -65,7 +69,7 @@ def start_redis(
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if append_only else "no",
             # Evicting keys would make schedules vanish silently (FACTS.md).
             "--maxmemory-policy",
             "noeviction",

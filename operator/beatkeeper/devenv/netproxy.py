@@ -1,4 +1,4 @@
-"""A TCP proxy between one worker and Redis that a test can cut: a real partition.
+"""A TCP proxy between one client (a worker, beat) and Redis that can be cut: a real partition.
 
 `cut()` drops every byte in both directions from then on, on the open
 connections and on new ones (accepted, never answered): what the worker sees
