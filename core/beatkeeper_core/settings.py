@@ -156,6 +156,9 @@ class WorkerSettings:
     lease_seconds: float = 15.0
     renew_seconds: float = 5.0
     sweep_seconds: float = 1.0
+    # A published run no worker has claimed after this long is republished: its
+    # message may have been lost on the way to a worker (see runs.py, _UNCLAIMED).
+    unclaimed_seconds: float = 60.0
     retention_seconds: float = 7 * 86400.0
     records_maxlen: int = 100_000
     liveness_file: Path = Path("/tmp/beatkeeper-worker.alive")  # noqa: S108 - an emptyDir
@@ -206,6 +209,7 @@ class WorkerSettings:
             lease_seconds=_positive(env, "BEATKEEPER_LEASE_SECONDS", cls.lease_seconds),
             renew_seconds=_positive(env, "BEATKEEPER_LEASE_RENEW_SECONDS", cls.renew_seconds),
             sweep_seconds=_positive(env, "BEATKEEPER_SWEEP_SECONDS", cls.sweep_seconds),
+            unclaimed_seconds=_positive(env, "BEATKEEPER_UNCLAIMED_SECONDS", cls.unclaimed_seconds),
             retention_seconds=_positive(
                 env, "BEATKEEPER_RUN_RETENTION_SECONDS", cls.retention_seconds
             ),

@@ -14,6 +14,9 @@ import pytest
 from worker_helpers import Runs, Workers
 
 from beatkeeper_core.contract import RetryPolicy, RunState
+from beatkeeper_worker import keys
+from beatkeeper_worker.retries import promote_due
+from beatkeeper_worker.runs import RunRegistry
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -155,3 +158,61 @@ def test_every_run_a_killed_worker_held_runs_elsewhere_within_60s_once(
     for envelope in envelopes:
         states = [r.state for r in runs.records(envelope.run_id)]
         assert states.count(R.SUCCEEDED) == 1, states
+
+
+def test_a_message_lost_on_its_way_to_a_worker_still_runs_once(
+    workers: Workers, runs: Runs
+) -> None:
+    """kombu's BRPOP pops a message before the worker has it (kombu#305): a connection
+    cut at that moment loses it. The run stays Pending, unclaimed, and is republished."""
+    kept_key, lost_key = runs.key("kept"), runs.key("lost")
+    kept = runs.envelope(kwargs={"key": kept_key})
+    lost = runs.envelope(kwargs={"key": lost_key})
+    runs.publish(lost)
+    runs.publish(kept)
+    # What the lost reply did: the message is gone from the queue, delivered to no one.
+    assert runs.client.rpop(runs.queue) is not None
+    assert runs.client.llen(runs.queue) == 1
+    workers.start(BEATKEEPER_UNCLAIMED_SECONDS="2")
+    records = runs.wait_for(lost.run_id, R.SUCCEEDED)
+    assert [r.state for r in records] == [R.PENDING, R.RUNNING, R.SUCCEEDED]
+    assert (records[1].time - records[0].time).total_seconds() >= 2
+    runs.wait_for(kept.run_id, R.SUCCEEDED)
+    assert (runs.count(lost_key), runs.count(kept_key)) == (1, 1)
+    # Claimed runs leave the unclaimed index; nothing is republished again.
+    runs.wait_until(
+        lambda: runs.client.zcard(keys.unclaimed_key(runs.queue)) == 0, 10, "index not emptied"
+    )
+    assert runs.client.hget(keys.run_key(kept.run_id), "republished") is None
+
+
+def test_a_promoted_retry_whose_message_is_lost_still_runs_once(
+    workers: Workers, runs: Runs
+) -> None:
+    key = runs.key("retry-lost")
+    envelope = runs.envelope(
+        kwargs={"key": key, "fail_times": 1},
+        retry=RetryPolicy(max_retries=1, initial_seconds=1, jitter=False),
+    )
+    first = workers.start("first")
+    runs.publish(envelope)
+    runs.wait_for(envelope.run_id, R.RETRYING)
+    first.popen.terminate()  # warm shutdown: nobody sweeps the queue now
+    assert first.popen.wait(timeout=30) == 0
+    workers.supervisor.components.remove(first)
+    registry = RunRegistry(
+        runs.client, lease_seconds=15, retention_seconds=3600, records_maxlen=100_000
+    )
+    # A sweeper promotes the due retry, and its message is lost on the way.
+    runs.wait_until(lambda: promote_due(registry, runs.queue, lambda _: None) == 1, 10, "not due")
+    assert runs.client.zcard(keys.retries_key(runs.queue)) == 0
+    workers.start("second", BEATKEEPER_UNCLAIMED_SECONDS="2")
+    records = runs.wait_for(envelope.run_id, R.SUCCEEDED)
+    assert [(r.state, r.attempt) for r in records] == [
+        (R.PENDING, 1),
+        (R.RUNNING, 1),
+        (R.RETRYING, 1),
+        (R.RUNNING, 2),
+        (R.SUCCEEDED, 2),
+    ]
+    assert runs.count(key) == 2

@@ -14,6 +14,7 @@ SWEEPER_PREFIX = "beatkeeper:sweeper:"
 STATS_PREFIX = "beatkeeper:stats:"
 DELETED_PREFIX = "beatkeeper:deleted:"
 RUN_NOW_PREFIX = "beatkeeper:run-now:"
+UNCLAIMED_PREFIX = "beatkeeper:unclaimed:"
 
 
 def run_key(run_id: str) -> str:
@@ -54,3 +55,9 @@ def deleted_key(object_key: str) -> str:
 def run_now_key(uid: str, token: str) -> str:
     """String: the slot a ScheduledTask's run-now token was first acted on at."""
     return f"{RUN_NOW_PREFIX}{uid}:{token}"
+
+
+def unclaimed_key(queue: str) -> str:
+    """Sorted set: published run ids of a queue no worker has claimed yet, scored by
+    when they were (re)published (ms); the sweeper republishes one left unclaimed."""
+    return f"{UNCLAIMED_PREFIX}{queue}"

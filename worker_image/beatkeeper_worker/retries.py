@@ -49,13 +49,18 @@ def promote_due(
 ) -> int:
     """Publish every due retry of `queue`, then drop it from the index."""
     due = registry.due_retries(queue, limit)
+    published: list[tuple[str, str]] = []
+    unreadable: list[str] = []
     for envelope_json in due:
         try:
             envelope = RunEnvelope.model_validate_json(envelope_json)
         except ValidationError:
             # Written by an incompatible version: dropping it beats blocking the rest.
             log.error("unreadable retry envelope dropped: %.200s", envelope_json)
+            unreadable.append(envelope_json)
             continue
         send(envelope)
-    registry.forget_retries(queue, due)
+        published.append((envelope_json, envelope.run_id))
+    registry.promoted(queue, published)
+    registry.forget_retries(queue, unreadable)
     return len(due)

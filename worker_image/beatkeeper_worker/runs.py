@@ -35,6 +35,7 @@ local RUN_PREFIX = '{run_prefix}'
 local LEASES_PREFIX = '{leases_prefix}'
 local ACTIVE_PREFIX = '{active_prefix}'
 local RETRIES_PREFIX = '{retries_prefix}'
+local UNCLAIMED_PREFIX = '{unclaimed_prefix}'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
@@ -74,6 +75,9 @@ if deleted and slot_ms <= tonumber(deleted) then
   redis.call('HINCRBY', KEYS[5], 'dropped_deleted', 1)
   return {'dropped', 'deleted'}
 end
+
+-- A delivery reached a worker: from here the run is claimed, finished or dropped.
+redis.call('ZREM', UNCLAIMED_PREFIX .. queue, run_id)
 
 local function finish(final, final_record)
   redis.call('HSET', KEYS[1], 'state', final, 'attempt', attempt, 'owner', '',
@@ -227,30 +231,68 @@ _DUE_RETRIES = """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 """
 
-# KEYS: run, stream; ARGV: attempt, envelope, queue, record, slot_ms, object
+# KEYS: retries, unclaimed; ARGV: count n, n published envelopes, their n run ids
+# Promoted retries leave the retries set and wait to be claimed, like a new run.
+_PROMOTED = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  redis.call('ZREM', KEYS[1], ARGV[1 + i])
+  redis.call('ZADD', KEYS[2], now, ARGV[1 + n + i])
+end
+return n
+"""
+
+# KEYS: unclaimed; ARGV: grace_ms, limit
+# A run published (or promoted) more than grace ago that no worker has claimed yet
+# lost its message: kombu's BRPOP removes a message before the worker has it, so a
+# connection cut in between loses it (kombu#305). Republish it; the claim drops the
+# copy if the first one turns up after all. Each republish doubles the wait (at
+# most 16 x grace), so a long legitimate backlog is not flooded with copies.
+_UNCLAIMED = """
+local grace = tonumber(ARGV[1])
+local out = {}
+for _, run_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - grace,
+                                   'LIMIT', 0, tonumber(ARGV[2]))) do
+  local key = RUN_PREFIX .. run_id
+  local h = redis.call('HMGET', key, 'state', 'envelope', 'owner')
+  if (h[1] == 'Pending' or h[1] == 'Retrying') and h[2] and (h[3] or '') == '' then
+    local times = redis.call('HINCRBY', key, 'republished', 1)
+    local factor = 2 ^ math.min(times, 4)
+    redis.call('ZADD', KEYS[1], now + grace * (factor - 1), run_id)
+    table.insert(out, h[2])
+  else
+    redis.call('ZREM', KEYS[1], run_id)
+  end
+end
+return out
+"""
+
+# KEYS: run, stream; ARGV: attempt, envelope, queue, record, slot_ms, object, run_id
 _PENDING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'Pending', 'attempt', ARGV[1], 'owner', '',
            'lease_until', 0, 'queue', ARGV[3], 'envelope', ARGV[2],
            'slot', ARGV[5], 'object', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], RETENTION_MS)
+redis.call('ZADD', UNCLAIMED_PREFIX .. ARGV[3], now, ARGV[7])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', MAXLEN, '*', 'record', ARGV[4])
 return 1
 """
 
 # KEYS: stream, then per run: run, queue
-# ARGV: per run: attempt, envelope, queue name, record, message, slot_ms, object
+# ARGV: per run: attempt, envelope, queue name, record, message, slot_ms, object, run_id
 # `_PENDING` plus the broker message for many runs: beat's batch, one call.
 _PUBLISH_BATCH = """
 local fresh = {}
 for i = 2, #KEYS, 2 do
-  local base = (i - 2) / 2 * 7
+  local base = (i - 2) / 2 * 8
   local is_new = 0
   if redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('HSET', KEYS[i], 'state', 'Pending', 'attempt', ARGV[base + 1], 'owner', '',
                'lease_until', 0, 'queue', ARGV[base + 3], 'envelope', ARGV[base + 2],
                'slot', ARGV[base + 6], 'object', ARGV[base + 7])
     redis.call('PEXPIRE', KEYS[i], RETENTION_MS)
+    redis.call('ZADD', UNCLAIMED_PREFIX .. ARGV[base + 3], now, ARGV[base + 8])
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', MAXLEN, '*', 'record', ARGV[base + 4])
     is_new = 1
   end
@@ -316,6 +358,7 @@ def _render(body: str, *, lease_ms: int, retention_ms: int, maxlen: int) -> str:
         leases_prefix=keys.LEASES_PREFIX,
         active_prefix=keys.ACTIVE_PREFIX,
         retries_prefix=keys.RETRIES_PREFIX,
+        unclaimed_prefix=keys.UNCLAIMED_PREFIX,
     )
     return prelude + body
 
@@ -414,6 +457,8 @@ class RunRegistry:
         self._renew = script(_RENEW)
         self._recover = script(_RECOVER)
         self._due_retries = script(_DUE_RETRIES)
+        self._promoted = script(_PROMOTED)
+        self._unclaimed = script(_UNCLAIMED)
         self._pending = script(_PENDING)
         self._publish_batch = script(_PUBLISH_BATCH)
         self._cancel = script(_CANCEL)
@@ -453,6 +498,7 @@ class RunRegistry:
                 run.message,
                 run.slot_ms,
                 run.object_key,
+                run.run_id,
             ]
         return [bool(reply) for reply in self._publish_batch(keys_, args)]
 
@@ -468,6 +514,7 @@ class RunRegistry:
             _encode(record),
             slot_ms(envelope),
             envelope.object_key,
+            envelope.run_id,
         ]
         self._pending(keys_, args, client=pipe)
 
@@ -606,8 +653,23 @@ class RunRegistry:
         return [_text(item) for item in self._due_retries([keys.retries_key(queue)], [limit])]
 
     def forget_retries(self, queue: str, envelopes: Sequence[str]) -> None:
+        """Drop retry envelopes (unreadable ones) from the index without publishing."""
         if envelopes:
             self.client.zrem(keys.retries_key(queue), *envelopes)
+
+    def promoted(self, queue: str, published: Sequence[tuple[str, str]]) -> None:
+        """Retries published, as (envelope JSON, run id): out of the retries set,
+        into the unclaimed one."""
+        if published:
+            args: list[str | int] = [len(published)]
+            args += [envelope for envelope, _ in published]
+            args += [run_id for _, run_id in published]
+            self._promoted([keys.retries_key(queue), keys.unclaimed_key(queue)], args)
+
+    def unclaimed(self, queue: str, *, grace_seconds: float, limit: int = 100) -> list[str]:
+        """Envelopes (JSON) of runs published over `grace_seconds` ago and never claimed."""
+        found = self._unclaimed([keys.unclaimed_key(queue)], [_ms(grace_seconds), limit])
+        return [_text(item) for item in found]
 
     def append_notice(self, notice: ObjectNotice) -> None:
         """A notice about an object, on the run-record stream (see `ObjectNotice`)."""

@@ -6,8 +6,11 @@ over within a lock TTL when it dies. Each tick it:
 - republishes every run of the queue whose lease expired without an outcome
   (its owner was killed), re-arming the index entry, so a republished message
   that is lost again is republished again;
-- publishes every next attempt whose retry delay has passed.
-Both are at-least-once; the claim drops whatever is a duplicate. With the
+- publishes every next attempt whose retry delay has passed;
+- republishes every run published (or promoted) more than `unclaimed_seconds`
+  ago that no worker has claimed: its message was lost between Redis and a
+  worker (a connection cut while kombu's BRPOP reply was on its way).
+All are at-least-once; the claim drops whatever is a duplicate. With the
 default lease (15 s) and tick (1 s), a killed worker's run is republished
 within about 16 s.
 """
@@ -46,19 +49,22 @@ class Sweeper:
         *,
         interval: float,
         lease_seconds: float,
+        unclaimed_seconds: float = 60.0,
     ) -> None:
         self._registry = registry
         self._send = send
         self._queue = queue
         self._interval = interval
         self._lease_seconds = lease_seconds
+        self._unclaimed_seconds = unclaimed_seconds
         self._token = uuid.uuid4().hex
         self._lock_ttl = max(interval * 3, 2.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sweep(self) -> tuple[int, int]:
-        """One tick: (runs recovered, retries promoted); (0, 0) when another sweeps."""
+        """One tick: (runs recovered or republished, retries promoted); (0, 0) when
+        another process sweeps."""
         registry = self._registry()
         if not registry.hold_lock(keys.sweeper_key(self._queue), self._token, self._lock_ttl):
             return 0, 0
@@ -73,7 +79,18 @@ class Sweeper:
                 envelope.attempt,
             )
             self._send(envelope)
-        return len(expired), promote_due(registry, self._queue, self._send)
+        unclaimed = registry.unclaimed(self._queue, grace_seconds=self._unclaimed_seconds)
+        for envelope_json in unclaimed:
+            envelope = RunEnvelope.model_validate_json(envelope_json)
+            log.warning(
+                "%s (attempt %d) was published %.0f s ago or more and never claimed; republishing",
+                envelope.run_id,
+                envelope.attempt,
+                self._unclaimed_seconds,
+            )
+            self._send(envelope)
+        promoted = promote_due(registry, self._queue, self._send)
+        return len(expired) + len(unclaimed), promoted
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="beatkeeper-sweeper", daemon=True)
@@ -110,6 +127,7 @@ def sweeper_for(app: Any) -> Sweeper:
         settings.queue,
         interval=settings.sweep_seconds,
         lease_seconds=settings.lease_seconds,
+        unclaimed_seconds=settings.unclaimed_seconds,
     )
 
 

@@ -69,7 +69,11 @@ class Partition:
                 with self.lock:
                     self.hanging.append(client)
                 continue  # accepted and left hanging, as a blackholed route is
-            server = socket.create_connection(self.upstream)
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()  # upstream down (restarting): refused, as it would be
+                continue
             with self.lock:
                 self.sockets.append(server)
             for source, target in ((client, server), (server, client)):
