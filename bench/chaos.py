@@ -286,22 +286,41 @@ def stream_records(url: str) -> list[contract.RunRecord]:
         client.close()
 
 
-def expected_slots(kubeconfig: Path, until: dt.datetime) -> dict[str, list[dt.datetime]]:
-    """Every slot of every task from its first one up to `until` (anchor: creation)."""
+def expected_slots(
+    kubeconfig: Path,
+    records: list[contract.RunRecord],
+    faults_from: dt.datetime,
+    until: dt.datetime,
+) -> dict[str, list[dt.datetime]]:
+    """Every slot of every task from its first one up to `until`.
+
+    A task's first slot is the first one beat published (its entry is armed a
+    moment after the object is created, and beat fires from then on), provided
+    that came before the first fault; otherwise the first after its creation,
+    so a loss at the start still counts.
+    """
     found = json.loads(kubectl(kubeconfig, "get", "st", "-n", NAMESPACE, "-o", "json").stdout)[
         "items"
     ]
+    first_published: dict[str, dt.datetime] = {}
+    for record in records:
+        _, name, slot = contract.parse_run_id(record.run_id)
+        if "~" not in record.run_id and (
+            name not in first_published or slot < first_published[name]
+        ):
+            first_published[name] = slot
     slots: dict[str, list[dt.datetime]] = {}
     for item in found:
+        name = item["metadata"]["name"]
         created = dt.datetime.fromisoformat(
             item["metadata"]["creationTimestamp"].replace("Z", "+00:00")
         )
         every = 1 if item["spec"]["every"] == "1s" else 2
         first = created.replace(microsecond=0) + dt.timedelta(seconds=every)
+        if name in first_published and first_published[name] < faults_from:
+            first = first_published[name]
         count = int((until - first).total_seconds() // every) + 1
-        slots[item["metadata"]["name"]] = [
-            first + dt.timedelta(seconds=every * k) for k in range(max(count, 0))
-        ]
+        slots[name] = [first + dt.timedelta(seconds=every * k) for k in range(max(count, 0))]
     return slots
 
 
@@ -422,7 +441,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         completed = {k.decode(): int(v) for k, v in counter.hgetall("chaos:completed").items()}
         counter.close()
         cutoff = fault_end - dt.timedelta(seconds=CUTOFF_SECONDS)
-        verdict = judge(expected_slots(env.kubeconfig, cutoff), records, completed)
+        faults_from = dt.datetime.fromtimestamp(started, dt.UTC)
+        slots = expected_slots(env.kubeconfig, records, faults_from, cutoff)
+        verdict = judge(slots, records, completed)
         if chaos.proxy is not None:
             chaos.proxy.close()
     return {

@@ -71,26 +71,17 @@ class Sweeper:
         expired = registry.recover_expired(
             self._queue, rearm_seconds=self._lease_seconds * REARM_LEASES
         )
-        for envelope_json in expired:
-            envelope = RunEnvelope.model_validate_json(envelope_json)
-            log.warning(
-                "lease of %s (attempt %d) expired without an outcome; republishing",
-                envelope.run_id,
-                envelope.attempt,
-            )
-            self._send(envelope)
+        self._republish(expired, "its lease expired without an outcome")
         unclaimed = registry.unclaimed(self._queue, grace_seconds=self._unclaimed_seconds)
-        for envelope_json in unclaimed:
-            envelope = RunEnvelope.model_validate_json(envelope_json)
-            log.warning(
-                "%s (attempt %d) was published %.0f s ago or more and never claimed; republishing",
-                envelope.run_id,
-                envelope.attempt,
-                self._unclaimed_seconds,
-            )
-            self._send(envelope)
+        self._republish(unclaimed, f"published {self._unclaimed_seconds:.0f} s ago, never claimed")
         promoted = promote_due(registry, self._queue, self._send)
         return len(expired) + len(unclaimed), promoted
+
+    def _republish(self, envelopes: list[str], why: str) -> None:
+        for envelope_json in envelopes:
+            envelope = RunEnvelope.model_validate_json(envelope_json)
+            log.warning("republishing %s (attempt %d): %s", envelope.run_id, envelope.attempt, why)
+            self._send(envelope)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="beatkeeper-sweeper", daemon=True)
