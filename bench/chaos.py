@@ -27,7 +27,10 @@ Redis, outside the system. After the faults, everything is healed and given
 
 plus fire lateness (Pending record - slot) p50/p99, beat failover (a beat kill
 to the next publish) and worker death to rerun (a worker kill to its in-flight
-runs' next start elsewhere). Prints a table, then one JSON line.
+runs' next start elsewhere). Slots are judged from each task's first published
+slot (its entry is armed a moment after the object is created; a slot before
+that was never due to beat) when that came before the first fault. Prints a
+table, then one JSON line.
 
     .venv/bin/python -m bench.chaos [--minutes 3] [--seed 7] [--drain 60]
 """
