@@ -204,6 +204,7 @@ class RunEnvelope(_Versioned):
     slot: dt.datetime
     due: dt.datetime  # slot plus jitter: when beat meant to publish it
     trigger: Trigger = "schedule"
+    token: str = ""  # the run-now token that started it
     task: TaskCall
     policy: RunPolicy = RunPolicy()
     attempt: int = Field(default=1, ge=1)
@@ -220,6 +221,7 @@ class RunEnvelope(_Versioned):
         due: dt.datetime | None = None,
         trigger: Trigger = "schedule",
         tag: str = "",
+        token: str = "",
     ) -> RunEnvelope:
         return cls(
             run_id=run_id(namespace, name, slot, tag),
@@ -228,6 +230,7 @@ class RunEnvelope(_Versioned):
             slot=utc(slot),
             due=utc(due or slot),
             trigger=trigger,
+            token=token,
             task=task,
             policy=policy,
         )
@@ -258,6 +261,7 @@ class RunRecord(_Versioned):
     message: str = Field(default="", max_length=MESSAGE_LIMIT)
     next_attempt_at: dt.datetime | None = None
     trigger: Trigger = "schedule"
+    token: str = ""  # the run-now token that started it
     worker: str = ""
 
     @classmethod
@@ -275,6 +279,7 @@ class RunRecord(_Versioned):
                 "attempt": envelope.attempt,
                 "time": utc(time),
                 "trigger": envelope.trigger,
+                "token": envelope.token,
                 "message": message,
                 **fields,
             }

@@ -118,6 +118,19 @@ def _beat(args: argparse.Namespace, _settings: Settings) -> int:
     return main(args.passthrough)
 
 
+def _runs(args: argparse.Namespace, settings: Settings) -> int:
+    from beatkeeper.runs_cli import main
+
+    url = args.redis_url or settings.operator.redis_url
+    return main(args.target, url, args.limit, args.output, sys.stdout)
+
+
+def _validate(args: argparse.Namespace, _settings: Settings) -> int:
+    from beatkeeper.validate_cli import main
+
+    return main(args.paths, args.pools, args.namespace, sys.stdout)
+
+
 def _worker(args: argparse.Namespace, _settings: Settings) -> int:
     from beatkeeper_worker.main import main
 
@@ -173,6 +186,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this existing cluster instead of starting a control plane",
     )
     demo.set_defaults(run=_demo)
+    runs = commands.add_parser(
+        "runs",
+        help="a ScheduledTask's runs from the run-record stream, beyond its historyLimit",
+    )
+    runs.add_argument("target", metavar="NAMESPACE/NAME", help="the ScheduledTask")
+    runs.add_argument(
+        "--redis-url",
+        help="the Redis the workers write to (default: BEATKEEPER_REDIS_URL)",
+    )
+    runs.add_argument("--limit", type=int, default=20, help="newest runs to show (default 20)")
+    runs.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    runs.set_defaults(run=_runs)
+    validate = commands.add_parser(
+        "validate",
+        help="check ScheduledTask and WorkerPool manifests offline, as the webhook would (CI)",
+    )
+    validate.add_argument(
+        "-f",
+        "--filename",
+        dest="paths",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="a file or folder of manifests, or - for standard input (repeat for more)",
+    )
+    validate.add_argument(
+        "--pools",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="WorkerPool manifests the tasks run on, if not among the files (repeatable)",
+    )
+    validate.add_argument(
+        "-n", "--namespace", default="default", help="for manifests that name none"
+    )
+    validate.set_defaults(run=_validate)
     return parser
 
 

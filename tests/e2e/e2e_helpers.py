@@ -48,6 +48,16 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
 
 
+def scheduled_task(name: str, pool: str = "p", **spec: Any) -> dict[str, Any]:
+    """A ScheduledTask manifest on `pool` (the namespace comes from `apply`)."""
+    return {
+        "apiVersion": "beatkeeper.dev/v1alpha1",
+        "kind": "ScheduledTask",
+        "metadata": {"name": name},
+        "spec": {"workerPool": pool, **spec},
+    }
+
+
 def hostless_pool(name: str = "p") -> dict[str, Any]:
     """A pool with no pods: its runs go to worker processes the test starts on the host."""
     return {

@@ -103,13 +103,13 @@ def test_scale_subresource_and_printer_columns() -> None:
     version = crd.worker_pool_crd()["spec"]["versions"][0]
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert version["subresources"]["scale"]["labelSelectorPath"] == ".status.selector"
-    names = [c["name"] for c in version["additionalPrinterColumns"]]
+    columns = version["additionalPrinterColumns"]
+    names = [c["name"] for c in columns if not c.get("priority")]
     assert names == ["Desired", "Ready", "Backlog", "Active", "Min", "Max", "Age"]
-    st_names = [
-        c["name"]
-        for c in crd.scheduled_task_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
-    ]
-    assert st_names == [
+    wide = [c["name"] for c in columns if c.get("priority") == 1]  # -o wide only
+    assert wide == ["Queue", "Reason", "Message"]
+    st_columns = crd.scheduled_task_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [c["name"] for c in st_columns if not c.get("priority")] == [
         "Schedule",
         "Suspend",
         "Pool",
@@ -118,6 +118,12 @@ def test_scale_subresource_and_printer_columns() -> None:
         "Next",
         "Ready",
         "Age",
+    ]
+    assert [c["name"] for c in st_columns if c.get("priority") == 1] == [
+        "Last Run",
+        "Attempts",
+        "Reason",
+        "Message",
     ]
 
 

@@ -122,3 +122,44 @@ def test_suspended_leaves_next_time_alone() -> None:
     view = RunView()
     fold(view, [record(0, S.SUCCEEDED)], 5)
     assert "nextScheduleTime" not in render(view, None, suspended=True)
+
+
+def test_failure_events_keep_one_message_per_reason_and_name_the_run_elsewhere() -> None:
+    records = [
+        record(second, S.FAILED, reason="TaskNotRegistered", message=f"no task (try {second})")
+        for second in range(3)
+    ]
+    _, events = rendered(records)
+    assert {(e.type, e.reason, e.message) for e in events} == {
+        (
+            "Warning",
+            "RunFailed",
+            "a run failed (TaskNotRegistered); kubectl get st t -n ns "
+            "-o jsonpath='{.status.lastRun}' shows the latest",
+        )
+    }
+    assert [e.annotations["beatkeeper.dev/run-id"] for e in events] == [r.run_id for r in records]
+    assert events[2].annotations["beatkeeper.dev/message"] == "no task (try 2)"
+
+
+def test_runs_stopped_by_policy_or_cancel_are_normal_events() -> None:
+    _, events = rendered(
+        [
+            record(0, S.FAILED, reason="Replaced"),
+            record(1, S.FAILED, reason="Cancelled"),
+            record(2, S.FAILED, reason="Superseded"),
+        ]
+    )
+    assert [(e.type, e.reason) for e in events] == [("Normal", "RunStopped")] * 3
+
+
+def test_last_run_names_the_run_now_token_that_started_it() -> None:
+    now = contract.RunEnvelope.for_slot(
+        "ns", "t", T0, contract.TaskCall(name="x"), contract.RunPolicy(),
+        trigger="run-now", tag=contract.run_now_tag("v2"), token="v2",
+    )  # fmt: skip
+    status, _ = rendered([contract.RunRecord.of(now, S.PENDING, T0)])
+    assert status["lastRun"]["token"] == "v2"
+    assert status["lastRun"]["trigger"] == "run-now"
+    plain, _ = rendered([record(0, S.PENDING)])
+    assert "token" not in plain["lastRun"]

@@ -10,7 +10,6 @@ x-kubernetes-preserve-unknown-fields / int-or-string), no $ref, no anyOf.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import types
 import typing
@@ -22,7 +21,7 @@ from pydantic import AwareDatetime, BaseModel, JsonValue
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from beatkeeper.api import scheduledtask, workerpool
+from beatkeeper.api import generated, scheduledtask, workerpool
 from beatkeeper.api.base import GROUP, VERSION
 
 _SCALARS: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
@@ -209,6 +208,15 @@ def _age_column() -> dict[str, Any]:
     return _column("Age", ".metadata.creationTimestamp", "date")
 
 
+def _wide_ready_columns() -> list[dict[str, Any]]:
+    """`-o wide` only (priority 1): why Ready is what it is."""
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    return [
+        _column("Reason", f"{ready}.reason", priority=1),
+        _column("Message", f"{ready}.message", priority=1),
+    ]
+
+
 def _crd(
     *,
     kind: str,
@@ -270,6 +278,9 @@ def scheduled_task_crd() -> dict[str, Any]:
         _column("Next", ".status.nextScheduleTime"),
         _ready_column(),
         _age_column(),
+        _column("Last Run", ".status.lastRun.id", priority=1),
+        _column("Attempts", ".status.lastRun.attempts", "integer", priority=1),
+        *_wide_ready_columns(),
     ]
     return _crd(
         kind=scheduledtask.KIND,
@@ -291,6 +302,8 @@ def worker_pool_crd() -> dict[str, Any]:
         _column("Min", ".spec.autoscaling.minReplicas", "integer"),
         _column("Max", ".spec.autoscaling.maxReplicas", "integer"),
         _age_column(),
+        _column("Queue", ".status.queue", priority=1),
+        *_wide_ready_columns(),
     ]
     scale = {
         "specReplicasPath": ".spec.replicas",
@@ -323,36 +336,22 @@ def render(crd: dict[str, Any]) -> str:
     return _HEADER + yaml.safe_dump(crd, sort_keys=False, width=100)
 
 
+def rendered() -> dict[str, str]:
+    """File name -> the CRD file's text."""
+    return {name: render(crd) for name, crd in all_crds().items()}
+
+
 def write(directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, crd in all_crds().items():
-        path = directory / name
-        path.write_text(render(crd))
-        written.append(path)
-    return written
+    return generated.write(directory, rendered())
 
 
 def drifted(directory: Path) -> list[str]:
     """Names of CRD files in `directory` that differ from the models (or are missing)."""
-    return [
-        name
-        for name, crd in all_crds().items()
-        if not (directory / name).exists() or (directory / name).read_text() != render(crd)
-    ]
+    return generated.drifted(directory, rendered())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", type=Path, action="append", default=[], help="target folder")
-    parser.add_argument("--check", type=Path, action="append", default=[], help="fail on drift")
-    args = parser.parse_args()
-    for directory in args.write:
-        for path in write(directory):
-            print(f"wrote {path}")
-    stale = [f"{d}/{name}" for d in args.check for name in drifted(d)]
-    if stale:
-        raise SystemExit(f"out of date (run --write): {', '.join(stale)}")
+    generated.main(__doc__.splitlines()[0], rendered)
 
 
 if __name__ == "__main__":

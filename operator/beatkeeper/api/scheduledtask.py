@@ -262,6 +262,11 @@ class RunStatus(ApiModel):
     trigger: Literal["schedule", "catch-up", "run-now"] = Field(
         default="schedule", description="What started the run."
     )
+    token: str | None = Field(
+        default=None,
+        description="For run-now: the beatkeeper.dev/run-now token that started it, so "
+        "`kubectl wait --for=jsonpath='{.status.lastRun.token}'=TOKEN` finds it.",
+    )
 
 
 class ScheduledTaskStatus(ApiModel):

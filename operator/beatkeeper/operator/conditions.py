@@ -8,8 +8,8 @@ condition whose status did not flip.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from beatkeeper.api.base import Condition, ConditionStatus
@@ -23,7 +23,9 @@ class Event:
 
     type: Literal["Normal", "Warning"]
     reason: str
-    message: str
+    message: str  # stable per reason and object, so repeats aggregate into one Event
+    # Details that differ per occurrence (a run id), on the Event's annotations.
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

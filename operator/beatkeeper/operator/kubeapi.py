@@ -8,6 +8,7 @@ fields the caller owns (a merge patch replaces lists whole).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -21,9 +22,13 @@ from kubernetes.client import (
 )
 from kubernetes.client.exceptions import ApiException
 
+from beatkeeper import __version__
 from beatkeeper.api.base import GROUP, VERSION
 
 FIELD_MANAGER = "beatkeeper"
+# The apiserver names the field manager of a write after the User-Agent up to its
+# "/" when the request does not name one, so every write of ours says "beatkeeper".
+USER_AGENT = f"{FIELD_MANAGER}/{__version__}"
 
 
 def api_client() -> ApiClient:
@@ -34,7 +39,9 @@ def api_client() -> ApiClient:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     configuration = kubernetes.client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 32  # as many as kopf's handler threads
-    return ApiClient(configuration)
+    client = ApiClient(configuration)
+    client.user_agent = USER_AGENT
+    return client
 
 
 def namespace_terminating(error: ApiException) -> bool:
@@ -159,33 +166,72 @@ class KubeApi:
                 if error.status != 404:
                     raise
 
-    def post_event(self, body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the object, as `kubectl describe` shows them."""
+    def post_event(
+        self,
+        body: Mapping[str, Any],
+        kind: str,
+        reason: str,
+        message: str,
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
+        """A core/v1 Event on the object, as `kubectl describe` shows them.
+
+        As client-go's recorder does, the same type, reason and message on the same
+        object make one Event whose `count` grows: its name is derived from them,
+        so a repeat finds it (409) and bumps count and lastTimestamp, and takes the
+        new `annotations` (per-occurrence details such as the run id).
+        """
         meta = body.get("metadata", {})
-        now = dt.datetime.now(dt.UTC)
+        namespace, name = meta.get("namespace"), meta.get("name", "object")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        message = message[:1024]
+        key = "\x00".join([str(meta.get("uid", name)), kind, reason, message])
+        event_name = f"{name}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         event = {
             "metadata": {
-                "generateName": f"{meta.get('name', 'object')}.",
-                "namespace": meta.get("namespace"),
+                "name": event_name,
+                "namespace": namespace,
+                "annotations": dict(annotations or {}),
             },
             "involvedObject": {
                 "apiVersion": body.get("apiVersion"),
                 "kind": body.get("kind"),
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
+                "name": name,
+                "namespace": namespace,
                 "uid": meta.get("uid"),
             },
             "type": kind,
             "reason": reason,
-            "message": message[:1024],
+            "message": message,
             "source": {"component": "beatkeeper"},
             "reportingComponent": "beatkeeper.dev/operator",
             "reportingInstance": "beatkeeper-operator",
-            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "count": 1,
         }
-        self.core.create_namespaced_event(meta.get("namespace"), event)  # type: ignore[arg-type]
+        for _ in range(3):
+            try:
+                self.core.create_namespaced_event(namespace, event)  # type: ignore[arg-type]
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+            try:
+                existing = self.core.read_namespaced_event(event_name, namespace)
+                patch = {
+                    "metadata": {
+                        "annotations": dict(annotations or {}),
+                        "resourceVersion": existing.metadata.resource_version,
+                    },
+                    "count": (existing.count or 1) + 1,
+                    "lastTimestamp": now,
+                }
+                self.core.patch_namespaced_event(event_name, namespace, patch)
+                return
+            except ApiException as error:
+                if error.status not in (404, 409):  # expired meanwhile, or raced: again
+                    raise
 
     # Worker Deployments (owned by WorkerPools). The operator never reads Secrets:
     # a pool's broker URL reaches its pods as a secretKeyRef.

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import kopf
 import redis
 
@@ -33,6 +34,7 @@ from beatkeeper.operator.indexes import (
     snapshot,
     tasks_of_pool,
 )
+from beatkeeper.operator.kubeapi import USER_AGENT
 from beatkeeper.operator.podhealth import ObservedPod
 from beatkeeper.operator.runtime import Admission, Runtime, build_runtime, start_admission
 from beatkeeper.operator.supervision import LoopsUnhealthy, LoopSupervisor
@@ -42,6 +44,26 @@ ST = (GROUP, VERSION, "scheduledtasks")
 FINALIZER = f"{GROUP}/finalizer"
 WP = (GROUP, VERSION, "workerpools")
 Index = kopf.Index[tuple[str, str], Any]
+
+
+@kopf.on.login()
+async def login(logger: logging.Logger, **kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's own login through the Kubernetes client, in a session that says who we
+    are: kopf's writes (its finalizer, its annotations) get the field manager
+    "beatkeeper", as the operator's own writes do (see kubeapi.USER_AGENT)."""
+    info = kopf.login_via_client(logger=logger, **kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+        headers={**info.as_http_headers(), "User-Agent": USER_AGENT},
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )
 
 
 @kopf.on.startup()

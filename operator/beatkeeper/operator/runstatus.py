@@ -91,6 +91,7 @@ def _updated(previous: RunStatus | None, record: contract.RunRecord) -> RunStatu
         reason=record.reason,
         message=record.message,
         trigger=record.trigger,
+        token=record.token or None,
     )
 
 
@@ -137,16 +138,33 @@ def _finish(view: RunView, run: RunStatus, record: contract.RunRecord, history_l
     view.history = view.history[:history_limit]
 
 
+# Failures that a person did not cause and need not act on: the object's own policy
+# (Replace, a newer slot) or a person's cancel stopped the run.
+_STOPPED_REASONS = frozenset({"Replaced", "Superseded", "Cancelled"})
+RUN_ID_ANNOTATION = "beatkeeper.dev/run-id"
+
+
 def _run_event(record: contract.RunRecord) -> list[Event]:
-    detail = f" ({record.reason})" if record.reason else ""
-    message = f"run {record.run_id} {record.state.value.lower()}{detail}"
-    if record.message:
-        message += f": {record.message}"
-    if record.state is contract.RunState.FAILED:
-        return [Event("Warning", "RunFailed", message)]
+    """One stable message per reason and object, so repeats aggregate (count grows);
+    what differs per run (its id, attempt, error text) goes on the annotations."""
+    if record.state not in (contract.RunState.FAILED, contract.RunState.MISSED):
+        return []
+    annotations = {
+        RUN_ID_ANNOTATION: record.run_id,
+        "beatkeeper.dev/attempt": str(record.attempt),
+        "beatkeeper.dev/message": record.message,
+    }
+    reason = record.reason or "Unknown"
+    latest = (
+        f"kubectl get st {record.name} -n {record.namespace} "
+        "-o jsonpath='{.status.lastRun}' shows the latest"
+    )
     if record.state is contract.RunState.MISSED:
-        return [Event("Warning", "RunMissed", message)]
-    return []
+        message = f"a run did not start within its starting deadline ({reason}); {latest}"
+        return [Event("Warning", "RunMissed", message, annotations)]
+    if reason in _STOPPED_REASONS:
+        return [Event("Normal", "RunStopped", f"a run was stopped ({reason})", annotations)]
+    return [Event("Warning", "RunFailed", f"a run failed ({reason}); {latest}", annotations)]
 
 
 def _dump(run: RunStatus) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def post_events(kube: KubeApi, body: Mapping[str, Any], events: Iterable[Event])
     """Best effort: a lost event must not undo the status write it accompanies."""
     for event in events:
         try:
-            kube.post_event(body, event.type, event.reason, event.message)
+            kube.post_event(body, event.type, event.reason, event.message, event.annotations)
         except Exception:
             logger.exception("event %s not posted", event.reason)
 
@@ -166,6 +166,7 @@ class RunControl:
             definition.policy,
             trigger="run-now",
             tag=contract.run_now_tag(token),
+            token=token,
         )
         publish_run(self.app, envelope, definition.queue, now=now)
 
