@@ -341,6 +341,34 @@ def test_printer_columns(kubeconfig: Path, operator: Any, pool_namespace: str) -
     assert "every 30s" in table
 
 
+def test_replicas_beside_autoscaling_is_admitted_with_a_warning(
+    kubeconfig: Path, operator: Any, namespace: str
+) -> None:
+    autoscaled = wp(metadata__name="auto", spec__replicas=2, spec__autoscaling={"maxReplicas": 3})
+    result = apply(kubeconfig, namespace, autoscaled)
+    assert "Warning: spec.replicas: ignored while spec.autoscaling is set" in result.stderr
+
+
+def test_kubectl_scale_on_an_autoscaled_pool_is_refused_and_works_otherwise(
+    kubeconfig: Path, operator: Any, namespace: str
+) -> None:
+    apply(kubeconfig, namespace, wp(metadata__name="auto", spec__autoscaling={"maxReplicas": 3}))
+    apply(kubeconfig, namespace, wp(metadata__name="manual", spec__replicas=1))
+
+    def refused() -> str:
+        """kubectl scale on the autoscaled pool is refused (once the webhook knows the pool)"""
+        result = kubectl(
+            kubeconfig, "scale", "wp/auto", "-n", namespace, "--replicas=5", check=False
+        )
+        return result.stderr if result.returncode != 0 else ""
+
+    message = eventually(refused, timeout=15)
+    assert "spec.replicas: WorkerPool" in message
+    assert "spec.autoscaling.minReplicas" in message
+    kubectl(kubeconfig, "scale", "wp/manual", "-n", namespace, "--replicas=0")
+    assert get_json(kubeconfig, "wp", "manual", "-n", namespace)["spec"]["replicas"] == 0
+
+
 @pytest.mark.parametrize(
     ("kind", "field", "expected"),
     [

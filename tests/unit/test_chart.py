@@ -266,7 +266,11 @@ def test_generated_webhook_certificate_matches_the_configuration(helm: Path) -> 
         assert rule["operations"] == ["CREATE", "UPDATE"]
         assert rule["apiGroups"] == ["beatkeeper.dev"]
         assert rule["apiVersions"] == ["v1alpha1"]
-    assert paths == {"/scheduledtask": ["scheduledtasks"], "/workerpool": ["workerpools"]}
+    # workerpools/scale: the webhook refuses kubectl scale on an autoscaled pool.
+    assert paths == {
+        "/scheduledtask": ["scheduledtasks"],
+        "/workerpool": ["workerpools", "workerpools/scale"],
+    }
 
 
 def test_cert_manager_mode(helm: Path) -> None:

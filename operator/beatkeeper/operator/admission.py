@@ -51,6 +51,15 @@ def review_scheduled_task(
     """None to admit, or the refusal message naming the field and the reason."""
     if _unchanged(operation, spec, old_spec):
         return None
+    errors = scheduled_task_errors(namespace, spec, pools)
+    return str(InvalidSpec(errors)) if errors else None
+
+
+def scheduled_task_errors(
+    namespace: str, spec: Mapping[str, Any] | None, pools: PoolSpecs
+) -> list[FieldError]:
+    """Every field error of a ScheduledTask spec; its task is checked against its pool
+    when the pool is known."""
     errors: list[FieldError] = []
     try:
         parse_scheduled_task(spec)
@@ -62,7 +71,7 @@ def review_scheduled_task(
     task_name = task.get("name") if isinstance(task, Mapping) else None
     if pool is not None and isinstance(task_name, str):
         errors += task_errors(task_name, pool_name, pool)
-    return str(InvalidSpec(errors)) if errors else None
+    return errors
 
 
 def review_worker_pool(
@@ -70,8 +79,37 @@ def review_worker_pool(
 ) -> str | None:
     if _unchanged(operation, spec, old_spec):
         return None
+    errors = worker_pool_errors(spec)
+    return str(InvalidSpec(errors)) if errors else None
+
+
+def worker_pool_errors(spec: Mapping[str, Any] | None) -> list[FieldError]:
     try:
         parse_worker_pool(spec)
     except InvalidSpec as error:
-        return str(error)
-    return None
+        return list(error.errors)
+    return []
+
+
+def worker_pool_warnings(spec: Mapping[str, Any] | None) -> list[str]:
+    """What is admitted but would not do what it says: kubectl prints these."""
+    spec = spec or {}
+    if "replicas" in spec and spec.get("autoscaling") is not None:
+        return [
+            "spec.replicas: ignored while spec.autoscaling is set; the autoscaler sets the "
+            "replicas between spec.autoscaling.minReplicas and maxReplicas"
+        ]
+    return []
+
+
+def review_pool_scale(namespace: str, name: str, pools: PoolSpecs) -> str | None:
+    """`kubectl scale` (the scale subresource) on an autoscaled pool is refused: the
+    autoscaler would undo it at its next poll."""
+    raw = pools.get((namespace, name))
+    if raw is None or raw.get("autoscaling") is None:
+        return None
+    return (
+        f"spec.replicas: WorkerPool {namespace}/{name} is autoscaled (spec.autoscaling), so "
+        "kubectl scale cannot set its replicas; change spec.autoscaling.minReplicas (its "
+        "floor) or maxReplicas, or remove spec.autoscaling to scale by hand"
+    )

@@ -6,7 +6,8 @@ burst of thousands of objects the loop is busy with watch events, and
 creates took five times longer). Reviews are the pure functions of
 `beatkeeper.operator.admission`; this module only speaks AdmissionReview v1.
 
-Paths: `/scheduledtask` and `/workerpool` (validating), `/finalizer`
+Paths: `/scheduledtask` and `/workerpool` (validating; the latter also sees
+`kubectl scale`, the scale subresource, and warns about fields it ignores), `/finalizer`
 (mutating: adds Beatkeeper's finalizer to a new ScheduledTask, so no extra
 write per object is needed later). In local mode the server also creates the
 Validating/MutatingWebhookConfiguration `beatkeeper.dev` pointing at
@@ -54,13 +55,22 @@ def review_scheduled_task(request: Mapping[str, Any], pools: Pools) -> dict[str,
     return _verdict(message)
 
 
-def review_worker_pool(request: Mapping[str, Any], _pools: Pools) -> dict[str, Any]:
+def review_worker_pool(request: Mapping[str, Any], pools: Pools) -> dict[str, Any]:
+    if request.get("subResource") == "scale":
+        return _verdict(
+            admission.review_pool_scale(
+                str(request.get("namespace") or ""), str(request.get("name") or ""), pools()
+            )
+        )
+    spec = _spec(request.get("object"))
     message = admission.review_worker_pool(
-        request.get("operation"),
-        _spec(request.get("object")),
-        _spec(request.get("oldObject")),
+        request.get("operation"), spec, _spec(request.get("oldObject"))
     )
-    return _verdict(message)
+    answer = _verdict(message)
+    warnings = admission.worker_pool_warnings(spec) if message is None else []
+    if warnings:
+        answer["warnings"] = warnings
+    return answer
 
 
 def add_finalizer(request: Mapping[str, Any], _pools: Pools) -> dict[str, Any]:
@@ -156,12 +166,12 @@ class AdmissionServer:
         self.server.server_close()
 
 
-def _rules(resource: str, operations: list[str]) -> list[dict[str, Any]]:
+def _rules(resources: list[str], operations: list[str]) -> list[dict[str, Any]]:
     return [
         {
             "apiGroups": [GROUP],
             "apiVersions": [VERSION],
-            "resources": [resource],
+            "resources": resources,
             "operations": operations,
             "scope": "Namespaced",
         }
@@ -193,13 +203,13 @@ def build_configurations(base_url: str, ca_pem: bytes) -> tuple[dict[str, Any], 
                 "scheduledtask",
                 f"{base_url}/scheduledtask",
                 ca,
-                _rules("scheduledtasks", ["CREATE", "UPDATE"]),
+                _rules(["scheduledtasks"], ["CREATE", "UPDATE"]),
             ),
             _webhook(
                 "workerpool",
                 f"{base_url}/workerpool",
                 ca,
-                _rules("workerpools", ["CREATE", "UPDATE"]),
+                _rules(["workerpools", "workerpools/scale"], ["CREATE", "UPDATE"]),
             ),
         ],
     }
@@ -210,7 +220,7 @@ def build_configurations(base_url: str, ca_pem: bytes) -> tuple[dict[str, Any], 
         "webhooks": [
             {
                 **_webhook(
-                    "finalizer", f"{base_url}/finalizer", ca, _rules("scheduledtasks", ["CREATE"])
+                    "finalizer", f"{base_url}/finalizer", ca, _rules(["scheduledtasks"], ["CREATE"])
                 ),
                 "reinvocationPolicy": "Never",
             }
