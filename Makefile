@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
 # Each installs what it needs (.venv/, pip packages, Debian packages: redis-server and the
 # node's containerd, runc, CNI plugins, buildah, debootstrap; the Go builds of the control
-# plane, CoreDNS and helm; the images), cached under ~/.cache/beatkeeper, and is quick once
+# plane, CoreDNS, helm and kubeconform; the images), cached under ~/.cache/beatkeeper, and is quick once
 # it exists.
 
 SHELL := /bin/bash
@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: all test test-unit test-integration test-e2e test-kind lint demo images \
-	system-deps venv cluster-binary helm chart-crds chart-lint clean
+	system-deps venv cluster-binary helm kubeconform chart-crds chart-lint schemas clean
 
 all: test
 
@@ -31,7 +31,11 @@ system-deps:
 
 # Builds the control plane and node binary and CoreDNS once (cold: minutes, with progress).
 cluster-binary: venv
-	@$(BIN)/python -m beatkeeper.devenv.build >/dev/null
+	@$(BIN)/python -m beatkeeper.devenv.build cluster coredns >/dev/null
+
+# Builds kubeconform from its module once (the schema tests run the real tool; cold ~1 min).
+kubeconform: venv
+	@$(BIN)/python -m beatkeeper.devenv.build kubeconform >/dev/null
 
 # Builds the images from the Dockerfiles (offline, buildah) when their inputs changed, and
 # imports them into the local node if one runs; a node imports them when it starts.
@@ -46,15 +50,19 @@ helm: venv
 chart-crds: venv
 	$(BIN)/python -m beatkeeper.api.crd --write crds --write charts/beatkeeper/crds
 
+# JSON schemas for kubeconform, generated from the models like the CRDs.
+schemas: venv
+	$(BIN)/python -m beatkeeper.api.jsonschema --write schemas
+
 chart-lint: helm
 	$$($(BIN)/python -m beatkeeper.devenv.helm) lint --strict charts/beatkeeper
 
 # Two pytest sessions: one node runs per machine, and the own_node tests start their own.
-test: venv system-deps cluster-binary helm images
+test: venv system-deps cluster-binary helm kubeconform images
 	$(BIN)/python -m pytest -m "not own_node" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m own_node $(PYTEST_ARGS)
 
-test-unit: venv helm
+test-unit: venv helm kubeconform
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 test-integration: venv system-deps

@@ -37,6 +37,7 @@ class DevSettings:
     external_kubeconfig: Path | None
     redis_server: str
     crds_dir: Path
+    kubeconform_module: Path = field(default_factory=lambda: _repo_root() / "tests" / "kubeconform")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DevSettings:
@@ -56,6 +57,9 @@ class DevSettings:
             external_kubeconfig=Path(kubeconfig).expanduser() if kubeconfig else None,
             redis_server=env.get("BEATKEEPER_REDIS_SERVER", "redis-server"),
             crds_dir=_path(env, "BEATKEEPER_CRDS_DIR", _repo_root() / "crds"),
+            kubeconform_module=_path(
+                env, "BEATKEEPER_KUBECONFORM_MODULE", _repo_root() / "tests" / "kubeconform"
+            ),
         )
 
 

@@ -1,10 +1,11 @@
 """Build and cache the Go binaries the local environment runs.
 
-Two modules, each its own dependency graph:
+Three modules, each its own dependency graph:
 - tests/cluster/: one multi-call binary for the control plane and the node
   (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
   kube-proxy), all from the same Kubernetes modules;
-- tests/coredns/: CoreDNS with only the plugins the node's cluster DNS uses.
+- tests/coredns/: CoreDNS with only the plugins the node's cluster DNS uses;
+- tests/kubeconform/: kubeconform's own command, for the schema tests.
 
 Binaries, GOMODCACHE and GOCACHE live under the cache directory, outside the
 repository; a binary's name carries a hash of its inputs, so it is rebuilt only
@@ -51,6 +52,8 @@ class GoBuild:
     cache_dir: Path
     name: str = "cluster"
     kubernetes: bool = True
+    package: str = "."  # or a command of a dependency, pinned by the module's tools.go
+    files: tuple[str, ...] = _MODULE_FILES  # the inputs hashed into the binary's name
 
     @property
     def kubernetes_version(self) -> str:
@@ -94,7 +97,7 @@ class GoBuild:
 
     def _input_hash(self) -> str:
         digest = hashlib.sha256()
-        for name in _MODULE_FILES:
+        for name in self.files:
             digest.update(name.encode() + b"\0" + (self.module_dir / name).read_bytes())
         digest.update(_go_version().encode())
         return digest.hexdigest()[:16]
@@ -122,7 +125,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 def _count_packages(build: GoBuild) -> int:
     out = subprocess.run(
-        ["go", "list", "-deps", "."],
+        ["go", "list", "-deps", build.package],
         cwd=build.module_dir,
         env=build.env(),
         capture_output=True,
@@ -138,7 +141,8 @@ def _compile(build: GoBuild, output: Path, progress: Progress) -> None:
     started = time.monotonic()
     progress("resolving Go modules (first run downloads them)")
     total = _count_packages(build)
-    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", build.ldflags(), "-o", str(output), "."]
+    cmd = ["go", "build", "-v", "-trimpath", "-ldflags", build.ldflags(), "-o", str(output)]
+    cmd.append(build.package)
     proc = subprocess.Popen(
         cmd, cwd=build.module_dir, env=build.env(), stderr=subprocess.PIPE, text=True
     )
@@ -187,17 +191,39 @@ def ensure_coredns(settings: DevSettings, progress: Progress | None = None) -> P
     return _ensure(build, "CoreDNS for the node's cluster DNS", progress)
 
 
+def ensure_kubeconform(settings: DevSettings, progress: Progress | None = None) -> Path:
+    """Return the cached kubeconform (the real command, pinned by tests/kubeconform)."""
+    build = GoBuild(
+        module_dir=settings.kubeconform_module,
+        cache_dir=settings.cache_dir,
+        name="kubeconform",
+        kubernetes=False,
+        package="github.com/yannh/kubeconform/cmd/kubeconform",
+        files=("go.mod", "go.sum", "tools.go"),
+    )
+    return _ensure(build, "kubeconform", progress)
+
+
 def _print_progress(message: str) -> None:
     print(f"[beatkeeper] {message}", file=sys.stderr, flush=True)
 
 
-def main() -> None:
-    """Print the paths of both binaries, building what is missing."""
+def main(argv: list[str] | None = None) -> None:
+    """Print the paths of the binaries named (default: all), building what is missing."""
     from beatkeeper_core.settings import Settings
 
+    builds = {
+        "cluster": ensure_cluster_binary,
+        "coredns": ensure_coredns,
+        "kubeconform": ensure_kubeconform,
+    }
+    names = list(sys.argv[1:] if argv is None else argv) or list(builds)
+    unknown = sorted(set(names) - set(builds))
+    if unknown:
+        raise SystemExit(f"unknown build {', '.join(unknown)}; choose from {', '.join(builds)}")
     dev = Settings.from_env().dev
-    print(ensure_cluster_binary(dev))
-    print(ensure_coredns(dev))
+    for name in names:
+        print(builds[name](dev))
 
 
 if __name__ == "__main__":
