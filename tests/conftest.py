@@ -73,6 +73,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and _LOG_DIRS:  # type: ignore[attr-defined]
         dirs = ", ".join(str(d) for d in _LOG_DIRS)
         report.sections.append(("beatkeeper component logs", dirs))  # type: ignore[attr-defined]
+    # Pods' logs live on the node, gone when the session ends: a fixture that knows its
+    # pods (such as the chart's release) says what they logged, in the report itself.
+    funcargs = getattr(item, "funcargs", {})
+    if report.failed and call.when == "call":
+        for value in funcargs.values():
+            diagnostics = getattr(value, "diagnostics", None)
+            if callable(diagnostics):
+                report.sections.append(("pods' logs", str(diagnostics())))  # type: ignore[attr-defined]
     return report
 
 

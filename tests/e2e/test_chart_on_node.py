@@ -55,6 +55,20 @@ class Release:
     def fullname(self) -> str:
         return f"{self.name}-beatkeeper"
 
+    def diagnostics(self) -> str:
+        """The last lines every pod of the release and its team namespace logged."""
+        out = []
+        for where in (self.namespace, self.team):
+            found = get_json(self.kubeconfig, "pods", "-n", where)["items"]
+            for pod in found:
+                name = pod["metadata"]["name"]
+                logs = kubectl(
+                    self.kubeconfig, "logs", name, "-n", where, "--all-containers",
+                    "--tail=30", "--prefix", check=False,
+                )  # fmt: skip
+                out.append(f"--- {where}/{name} ({pod['status'].get('phase')})\n{logs.stdout}")
+        return "\n".join(out)
+
     def pods(self, component: str) -> list[dict[str, Any]]:
         selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component={component}"
         found = get_json(self.kubeconfig, "pods", "-n", self.namespace, "-l", selector)["items"]
