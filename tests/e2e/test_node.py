@@ -19,6 +19,7 @@ import pytest
 from e2e_helpers import apply, eventually, get_json
 
 from beatkeeper.devenv.kube import kubectl
+from beatkeeper.devenv.node import BRIDGE, BRIDGE_MAC
 
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
@@ -96,6 +97,9 @@ def test_the_node_is_ready_and_runs_containerd(kubeconfig: Path) -> None:
     assert ready == "True"
     assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
     assert not node["spec"].get("taints")
+    # The pods' gateway keeps its MAC whatever veths come and go (their ARP entries stay
+    # right when another pod is deleted).
+    assert Path(f"/sys/class/net/{BRIDGE}/address").read_text().strip() == BRIDGE_MAC
 
 
 def test_a_pod_resolves_services_reaches_the_api_and_nothing_beyond(
