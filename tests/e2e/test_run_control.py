@@ -16,19 +16,11 @@ from typing import Any
 
 import redis
 from e2e_helpers import apply, eventually, get_json, hostless_pool
+from e2e_helpers import scheduled_task as task
 
 from beatkeeper.devenv.kube import kubectl
 from beatkeeper_core import contract
 from beatkeeper_worker import keys
-
-
-def task(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "beatkeeper.dev/v1alpha1",
-        "kind": "ScheduledTask",
-        "metadata": {"name": name},
-        "spec": {"workerPool": "p", **spec},
-    }
 
 
 def status(kubeconfig: Path, namespace: str, name: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from e2e_helpers import apply, condition, eventually, get_json
+from e2e_helpers import scheduled_task as task
 
 from beatkeeper.devenv.kube import kubectl
 from beatkeeper_core import contract
@@ -29,15 +30,6 @@ def pool(namespace: str) -> dict[str, Any]:
         "kind": "WorkerPool",
         "metadata": {"name": "p", "namespace": namespace},
         "spec": {"image": "worker:1", "allowedTasks": ["beatkeeper.*", "e2e.*"]},
-    }
-
-
-def task(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "beatkeeper.dev/v1alpha1",
-        "kind": "ScheduledTask",
-        "metadata": {"name": name},
-        "spec": {"workerPool": "p", **spec},
     }
 
 
