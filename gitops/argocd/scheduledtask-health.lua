@@ -1,12 +1,14 @@
 -- Argo CD health check for beatkeeper.dev/ScheduledTask (Lua 5.1, as Argo CD runs it).
--- It reads the kstatus conditions the operator writes, as Flux does:
---   Progressing  no status yet, status.observedGeneration behind metadata.generation,
---                Reconciling=True, or Ready not (yet) True
---   Degraded     Stalled=True (e.g. reason InvalidSpec), or the latest run Failed
---                (like Argo CD's own CronJob check: the object is armed, but its work fails)
---   Suspended    spec.suspend is true and the operator has applied it
+-- It reads only the kstatus conditions the operator writes, so it gives the verdict
+-- kstatus (Flux) gives for every status:
+--   Progressing  status.observedGeneration behind metadata.generation (0, the CRD's
+--                default, until the operator has seen the object), or Reconciling=True
+--                (e.g. its WorkerPool does not exist yet), or Ready not (yet) True
+--   Degraded     Stalled=True: a spec the operator cannot arm (InvalidSpec), or
+--                spec.failureThreshold failed runs in a row (RunsFailing)
+--   Suspended    spec.suspend is true and the operator has applied it (Ready, Suspended)
 --   Healthy      Ready=True: the schedule is armed in Redis
--- Running, retrying, missed and skipped runs leave the object Healthy.
+-- One failed run, a retry, a missed or a skipped slot leave the object Healthy.
 local hs = {}
 
 local function condition(status, kind)
@@ -61,21 +63,9 @@ if ready == nil or ready.status ~= "True" then
   return hs
 end
 
-if obj.spec ~= nil and obj.spec.suspend == true then
+if ready.reason == "Suspended" then
   hs.status = "Suspended"
-  hs.message = "New runs are suspended"
-  return hs
-end
-local last = status.lastRun
-if last ~= nil and last.state == "Failed" then
-  hs.status = "Degraded"
-  hs.message = "Last run " .. tostring(last.id) .. " failed"
-  if last.reason ~= nil and last.reason ~= "" then
-    hs.message = hs.message .. " (" .. last.reason .. ")"
-  end
-  if last.message ~= nil and last.message ~= "" then
-    hs.message = hs.message .. ": " .. last.message
-  end
+  hs.message = describe(ready, "Suspended")
   return hs
 end
 

@@ -1,9 +1,15 @@
 -- Argo CD health check for beatkeeper.dev/WorkerPool (Lua 5.1, as Argo CD runs it).
--- It reads the kstatus conditions the operator writes, as Flux does:
---   Progressing  no status yet, status.observedGeneration behind metadata.generation,
---                Reconciling=True, or Ready not (yet) True
---   Degraded     Stalled=True (e.g. reason InvalidSpec)
---   Healthy      Ready=True; ScalingLimited=True (clamped to min/max) is mentioned only
+-- It reads only the kstatus conditions the operator writes, so it gives the verdict
+-- kstatus (Flux) gives for every status:
+--   Progressing  status.observedGeneration behind metadata.generation (0, the CRD's
+--                default, until the operator has seen the object), Reconciling=True
+--                (a new pod template rolling out, a manual replica change, an autoscaled
+--                pool below its minReplicas), or Ready not (yet) True
+--   Degraded     Stalled=True: an invalid spec, or pods that cannot start (the reason
+--                read from the pods, e.g. BrokerSecretMissing, ImageNotPresent, CrashLoop,
+--                or ProgressDeadlineExceeded from the Deployment)
+--   Healthy      Ready=True, also while an autoscaled pool scales within its bounds
+--                (reason Scaling); ScalingLimited=True (clamped to min/max) is mentioned
 -- A pool scaled to zero is Healthy: it scales up when work arrives.
 local hs = {}
 
@@ -60,12 +66,7 @@ if ready == nil or ready.status ~= "True" then
 end
 
 hs.status = "Healthy"
-hs.message = describe(ready, "Ready") .. string.format(
-  "; %d/%d replicas ready, backlog %d",
-  math.floor(status.readyReplicas or 0),
-  math.floor(status.desiredReplicas or 0),
-  math.floor(status.backlog or 0)
-)
+hs.message = describe(ready, "Ready")
 local limited = condition(status, "ScalingLimited")
 if limited ~= nil and limited.status == "True" then
   hs.message = hs.message .. "; " .. describe(limited, "ScalingLimited")

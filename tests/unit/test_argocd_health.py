@@ -1,7 +1,8 @@
 """The Argo CD health checks in gitops/argocd/, run by a real Lua interpreter.
 
 Argo CD runs health scripts with gopher-lua (Lua 5.1); each case runs under Lua
-5.1 and 5.4 (lupa), with `obj` as Argo CD passes it. Sample statuses follow the
+5.1 and 5.4 (lupa), with `obj` as Argo CD passes it. (The end-to-end tier runs the
+same scripts in gopher-lua itself, beside kstatus, on live objects.) Sample statuses follow the
 shapes in beatkeeper.api, and some come from the operator's own planners.
 """
 
@@ -132,16 +133,39 @@ SCHEDULED_TASK_CASES = {
                 ),
             }
         ),
+        "Healthy",  # one failure is not a trend: spec.failureThreshold decides
+        "armed",
+    ),
+    "runs failing": (
+        obj(
+            {
+                **READY,
+                "conditions": kstatus("stalled", "RunsFailing", "3 or more runs failed in a row"),
+                "consecutiveFailures": 3,
+                "lastRun": run_record("Failed", reason="TaskNotRegistered"),
+            }
+        ),
         "Degraded",
-        "failed (TimeLimitExceeded): hard limit 60 s",
+        "RunsFailing: 3 or more runs failed in a row",
     ),
     "suspended": (
-        obj({**READY, "conditions": kstatus("ready", "Suspended")}, suspend=True),
+        obj(
+            {**READY, "conditions": kstatus("ready", "Suspended", "new runs are suspended")},
+            suspend=True,
+        ),
         "Suspended",
-        "suspended",
+        "Suspended: new runs are suspended",
     ),
-    "suspended wins over a failed run": (
-        obj({**READY, "lastRun": run_record("Failed")}, suspend=True),
+    "suspended wins over failed runs": (
+        obj(
+            {
+                **READY,
+                "conditions": kstatus("ready", "Suspended"),
+                "consecutiveFailures": 9,
+                "lastRun": run_record("Failed"),
+            },
+            suspend=True,
+        ),
         "Suspended",
         "",
     ),
@@ -187,7 +211,7 @@ def pool(status: dict[str, Any] | None, generation: int = 2) -> dict[str, Any]:
 
 POOL_READY = {
     "observedGeneration": 2,
-    "conditions": kstatus("ready", "Accepted"),
+    "conditions": kstatus("ready", "Scaling", "scaling up to 3: 2 of 3 replicas ready"),
     "replicas": 3,
     "readyReplicas": 2,
     "desiredReplicas": 3,
@@ -207,11 +231,11 @@ WORKER_POOL_CASES = {
         "Degraded",
         "InvalidSpec: bad",
     ),
-    "ready": (pool(POOL_READY), "Healthy", "2/3 replicas ready, backlog 7"),
+    "ready while scaling": (pool(POOL_READY), "Healthy", "Scaling: scaling up to 3: 2 of 3"),
     "ready at zero": (
-        pool({"observedGeneration": 2, "conditions": kstatus("ready", "Accepted")}),
+        pool({"observedGeneration": 2, "conditions": kstatus("ready", "ScaledToZero", "none")}),
         "Healthy",
-        "0/0 replicas ready, backlog 0",
+        "ScaledToZero: none",
     ),
     "scaling limited is still healthy": (
         pool(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -248,7 +249,7 @@ def test_ready_when_every_desired_replica_is() -> None:
     assert starting.action == "none"
     assert (starting.health.state, starting.health.message) == (
         "reconciling",
-        "1/2 replicas ready",
+        "scaling up to 2: 1 of 2 replicas ready",
     )
     assert starting.status["backlog"] == 3
     ready = plan(PoolWorld(deployment=observed(2)), spec)
@@ -321,3 +322,67 @@ def test_invalid_spec_is_stalled_and_touches_nothing() -> None:
     result = plan(PoolWorld(deployment=observed(1)), {**SPEC, "pool": "gevent"})
     assert (result.action, result.health.reason) == ("none", "InvalidSpec")
     assert [e.reason for e in result.events] == ["InvalidSpec"]
+
+
+def test_routine_scaling_of_an_autoscaled_pool_stays_ready() -> None:
+    spec = {**SPEC, "autoscaling": {"minReplicas": 1, "maxReplicas": 6}}
+    up = plan(PoolWorld(deployment=observed(2, spec=spec), backlog=BacklogSample(24, 0, 0)), spec)
+    assert up.action == "apply"
+    assert (up.health.state, up.health.reason) == ("ready", "Scaling")
+    assert up.health.message == "scaling up to 6: 2 of 6 replicas ready"
+    starting = plan(
+        PoolWorld(deployment=observed(6, ready=3, spec=spec), backlog=BacklogSample(24, 0, 0)),
+        spec,
+    )
+    assert (starting.health.state, starting.health.reason) == ("ready", "Scaling")
+    draining = replace(
+        observed(2, spec=spec), status_replicas=4, ready_replicas=4, updated_replicas=4
+    )
+    down = plan(PoolWorld(deployment=draining, backlog=BacklogSample(2, 0, 0)), spec)
+    assert (down.health.state, down.health.reason) == ("ready", "Scaling")
+    assert down.health.message == "scaling down to 2: 4 replicas still running, 4 ready"
+    assert "/" not in up.health.message + down.health.message  # never "4/3 replicas ready"
+
+
+def test_an_autoscaled_pool_below_its_floor_is_reconciling() -> None:
+    spec = {**SPEC, "autoscaling": {"minReplicas": 2, "maxReplicas": 6}}
+    result = plan(
+        PoolWorld(deployment=observed(2, ready=1, spec=spec), backlog=BacklogSample(0, 0, 0)),
+        spec,
+    )
+    assert (result.health.state, result.health.reason) == ("reconciling", "Scaling")
+
+
+def test_a_deployment_past_its_progress_deadline_stalls_the_pool() -> None:
+    stuck = replace(
+        observed(1, ready=0),
+        progress_failed='ReplicaSet "reports-workers-5d" has timed out progressing.',
+    )
+    result = plan(
+        PoolWorld(deployment=stuck, backlog=BacklogSample(0, 0, 0)), {**SPEC, "replicas": 1}
+    )
+    assert (result.health.state, result.health.reason) == ("stalled", "ProgressDeadlineExceeded")
+    assert "has timed out progressing" in result.health.message
+    assert f"kubectl describe pods -n team -l {selector('reports')}" in result.health.message
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "ProgressDeadlineExceeded")]
+
+
+def test_the_progress_deadline_is_read_from_the_deployment_conditions() -> None:
+    body = build(1)
+    body["status"] = {
+        "conditions": [
+            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+            {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": 'ReplicaSet "x" has timed out progressing.',
+            },
+        ]
+    }
+    assert (
+        ObservedDeployment.from_body(body).progress_failed
+        == 'ReplicaSet "x" has timed out progressing.'
+    )
+    body["status"]["conditions"][1].update(status="True", reason="NewReplicaSetAvailable")
+    assert ObservedDeployment.from_body(body).progress_failed == ""

@@ -10,7 +10,12 @@ import pytest
 from beatkeeper.api.validation import parse_worker_pool
 from beatkeeper.operator.conditions import Health, find, health_conditions, parse_conditions
 from beatkeeper.operator.indexes import SpecGenerations, reconcile_fingerprint
-from beatkeeper.operator.scheduledtasks import ObservedTask, plan_scheduled_task, status_changes
+from beatkeeper.operator.scheduledtasks import (
+    ObservedTask,
+    plan_scheduled_task,
+    runs_failing,
+    status_changes,
+)
 from beatkeeper.operator.workerpools import ObservedPool, plan_worker_pool
 
 NOW = dt.datetime(2026, 3, 7, 12, 0, 0, tzinfo=dt.UTC)
@@ -223,3 +228,40 @@ def test_spec_generations_are_tracked_per_pool() -> None:
     assert generations.changed("pool-a", 2)
     assert generations.changed("pool-b", None, deleted=True)
     assert generations.changed("pool-b", 1)  # recreated under the same uid is still news
+
+
+def test_runs_failing_past_the_threshold_stall_the_task_but_keep_it_armed() -> None:
+    healthy = {"observedGeneration": 1, "consecutiveFailures": 2}
+    below = plan(EVERY, status=healthy)
+    assert (below.health.state, below.health.reason) == ("ready", "Scheduled")
+    failing = plan(EVERY, status={**below.status, "consecutiveFailures": 3})
+    assert (failing.health.state, failing.health.reason) == ("stalled", "RunsFailing")
+    assert "spec.failureThreshold: 3" in failing.health.message
+    assert failing.definition is not None
+    assert failing.definition.enabled  # runs go on
+    assert failing.status["nextScheduleTime"] is not None
+    assert [(e.type, e.reason) for e in failing.events] == [("Warning", "RunsFailing")]
+    again = plan(EVERY, status={**failing.status, "consecutiveFailures": 7})
+    assert again.events == []  # one Warning per episode: the message has no count
+    assert not status_changes({**failing.status, "consecutiveFailures": 7}, again.status, NOW)
+    recovered = plan(EVERY, status={**failing.status, "consecutiveFailures": 0})
+    assert (recovered.health.state, recovered.health.reason) == ("ready", "Scheduled")
+    assert [e.reason for e in recovered.events] == ["Scheduled"]
+
+
+def test_failure_threshold_zero_or_suspend_never_stall_for_failed_runs() -> None:
+    many = {"observedGeneration": 1, "consecutiveFailures": 50}
+    off = plan({**EVERY, "failureThreshold": 0}, status=many)
+    assert off.health.reason == "Scheduled"
+    one = plan({**EVERY, "failureThreshold": 1}, status={**many, "consecutiveFailures": 1})
+    assert one.health.reason == "RunsFailing"
+    suspended = plan({**EVERY, "suspend": True}, status=many)
+    assert (suspended.health.state, suspended.health.reason) == ("ready", "Suspended")
+
+
+def test_crossing_the_failure_threshold_changes_the_reconcile_fingerprint() -> None:
+    meta = {"generation": 1}
+    assert runs_failing(EVERY, {"consecutiveFailures": 2}) is False
+    assert runs_failing(EVERY, {"consecutiveFailures": 3}) is True
+    assert runs_failing({**EVERY, "failureThreshold": "x"}, {"consecutiveFailures": 3}) is False
+    assert reconcile_fingerprint(meta, False) != reconcile_fingerprint(meta, True)

@@ -163,3 +163,19 @@ def test_last_run_names_the_run_now_token_that_started_it() -> None:
     assert status["lastRun"]["trigger"] == "run-now"
     plain, _ = rendered([record(0, S.PENDING)])
     assert "token" not in plain["lastRun"]
+
+
+def test_consecutive_failures_count_failed_runs_until_a_success() -> None:
+    status, _ = rendered([record(0, S.FAILED, reason="TaskNotRegistered")])
+    assert status["consecutiveFailures"] == 1
+    status, _ = rendered(
+        [record(30, S.FAILED, reason="Cancelled"), record(60, S.MISSED, reason="DeadlineExceeded")],
+        status=status,
+    )
+    assert status["consecutiveFailures"] == 1  # a stopped run or a missed slot is not a failure
+    status, _ = rendered([record(90, S.FAILED), record(120, S.FAILED)], status=status)
+    assert status["consecutiveFailures"] == 3
+    status, _ = rendered([record(120, S.FAILED)], status=status)
+    assert status["consecutiveFailures"] == 3  # delivered again: not counted twice
+    status, _ = rendered([record(150, S.SUCCEEDED)], status=status)
+    assert status["consecutiveFailures"] == 0

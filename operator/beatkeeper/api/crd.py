@@ -235,7 +235,9 @@ def _crd(
             "kind": {"type": "string", "description": kind},
             "metadata": {"type": "object"},
             "spec": model_schema(spec),
-            "status": model_schema(status),
+            # Defaulted so that an object the operator has not seen yet reads
+            # observedGeneration 0 < generation: kstatus, Flux and Argo CD wait.
+            "status": {**model_schema(status), "default": {}},
         },
         "required": ["spec"],
     }

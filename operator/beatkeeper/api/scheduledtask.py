@@ -242,6 +242,16 @@ class ScheduledTaskSpec(ApiModel):
     history_limit: int = Field(
         default=5, ge=0, le=50, description="How many finished runs status.history keeps."
     )
+    failure_threshold: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description=(
+            "After this many failed runs in a row the task is Stalled (reason RunsFailing), so "
+            "kstatus, Flux and Argo CD report it failed; the schedule stays armed and the next "
+            "successful run clears it. 0: failed runs never change the task's health."
+        ),
+    )
 
 
 class RunStatus(ApiModel):
@@ -272,8 +282,11 @@ class RunStatus(ApiModel):
 class ScheduledTaskStatus(ApiModel):
     """What happened: written by the operator through the status subresource only."""
 
-    observed_generation: int | None = Field(
-        default=None, description="The metadata.generation the operator last acted on."
+    observed_generation: int = Field(
+        default=0,
+        ge=0,
+        description="The metadata.generation the operator last acted on; 0 until it has seen "
+        "the object (the CRD defaults it, so GitOps tools wait for the operator).",
     )
     conditions: list[Condition] = conditions_field()
     schedule: str | None = Field(
@@ -298,6 +311,11 @@ class ScheduledTaskStatus(ApiModel):
     retries: int = Field(default=0, ge=0, description="Retries made, over all runs.")
     missed: int = Field(default=0, ge=0, description="Runs not started within their deadline.")
     skipped: int = Field(default=0, ge=0, description="Runs skipped by concurrencyPolicy Forbid.")
+    consecutive_failures: int = Field(
+        default=0,
+        ge=0,
+        description="Runs failed in a row since the last success (stopped runs not counted).",
+    )
     run_now_token: str | None = Field(
         default=None, description=f"The last {RUN_NOW_ANNOTATION} token that triggered a run."
     )

@@ -224,8 +224,11 @@ class WorkerPoolSpec(ApiModel):
 class WorkerPoolStatus(ApiModel):
     """Observed state of the pool: written by the operator through the status subresource."""
 
-    observed_generation: int | None = Field(
-        default=None, description="The metadata.generation the operator last acted on."
+    observed_generation: int = Field(
+        default=0,
+        ge=0,
+        description="The metadata.generation the operator last acted on; 0 until it has seen "
+        "the object (the CRD defaults it, so GitOps tools wait for the operator).",
     )
     conditions: list[Condition] = conditions_field()
     queue: str | None = Field(default=None, description="The Redis queue this pool consumes.")
@@ -239,4 +242,11 @@ class WorkerPoolStatus(ApiModel):
     )
     selector: str | None = Field(
         default=None, description="Label selector of the pods (for the scale subresource)."
+    )
+    registered_tasks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "The task names the pool's workers register (what they announced at start-up); "
+            "admission warns about a ScheduledTask whose task is not among them."
+        ),
     )

@@ -226,6 +226,8 @@ class ObservedDeployment:
     status_replicas: int  # pods that exist (not terminating)
     ready_replicas: int
     updated_replicas: int
+    # The controller's message when it gave up: Progressing=False, ProgressDeadlineExceeded.
+    progress_failed: str = ""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ObservedDeployment:
@@ -246,6 +248,7 @@ class ObservedDeployment:
             status_replicas=int(status.get("replicas") or 0),
             ready_replicas=int(status.get("readyReplicas") or 0),
             updated_replicas=int(status.get("updatedReplicas") or 0),
+            progress_failed=_progress_failed(status),
         )
 
     def owned_by(self, uid: str) -> bool:
@@ -258,3 +261,12 @@ class ObservedDeployment:
             self.observed_generation >= self.generation
             and self.updated_replicas == self.status_replicas
         )
+
+
+def _progress_failed(status: Mapping[str, Any]) -> str:
+    for item in status.get("conditions") or ():
+        if (item.get("type"), item.get("status")) == ("Progressing", "False") and item.get(
+            "reason"
+        ) == "ProgressDeadlineExceeded":
+            return str(item.get("message") or "progress deadline exceeded")
+    return ""

@@ -62,11 +62,12 @@ def tasks_of_pool(
     ]
 
 
-def reconcile_fingerprint(meta: Mapping[str, Any]) -> int:
-    """What of an object a ScheduledTask reconcile reads besides its status.
+def reconcile_fingerprint(meta: Mapping[str, Any], runs_failing: bool = False) -> int:
+    """What of an object a ScheduledTask reconcile reads.
 
     Spec changes bump `generation`; run-now tokens are annotations; deletion
-    and finalizers are metadata. A watch event that leaves all of them as
+    and finalizers are metadata; of status, only whether the runs are failing
+    (`runs_failing`) changes the plan. A watch event that leaves all of them as
     they were changed only status (mostly the operator's own writes) and
     needs no reconcile: the resync still visits every object.
     """
@@ -76,6 +77,7 @@ def reconcile_fingerprint(meta: Mapping[str, Any]) -> int:
             json.dumps(meta.get("annotations") or {}, sort_keys=True),
             meta.get("deletionTimestamp"),
             tuple(meta.get("finalizers") or ()),
+            runs_failing,
         )
     )
 

@@ -1,8 +1,9 @@
 """Fold run records into the run-owned part of ScheduledTask status. Pure.
 
-The run-owned fields are lastRun, history, active, the counters,
-lastScheduleTime, lastSuccessfulTime and (on each fire) nextScheduleTime; the
-reconciler owns the rest. Folding is idempotent per run: a record for a run
+The run-owned fields are lastRun, history, active, the counters (with
+consecutiveFailures, which the reconciler turns into health), lastScheduleTime,
+lastSuccessfulTime and (on each fire) nextScheduleTime; the reconciler owns the
+rest. Folding is idempotent per run: a record for a run
 that already finished (a record delivered again after an operator restart) is
 ignored, so counters never count a run twice.
 """
@@ -19,6 +20,8 @@ from beatkeeper.operator.conditions import Event
 from beatkeeper_core import contract
 
 ACTIVE_LIMIT = 50
+# Failed runs in a row; the reconciler turns it into health (spec.failureThreshold).
+CONSECUTIVE_FAILURES = "consecutiveFailures"
 _COUNTERS = {
     contract.RunState.SUCCEEDED: "succeeded",
     contract.RunState.FAILED: "failed",
@@ -55,7 +58,8 @@ class RunView:
         for run_id in status.get("active") or ():
             view.runs.setdefault(run_id, _placeholder(run_id))
         view.counters = {
-            name: int(status.get(name) or 0) for name in (*_COUNTERS.values(), "retries")
+            name: int(status.get(name) or 0)
+            for name in (*_COUNTERS.values(), "retries", CONSECUTIVE_FAILURES)
         }
         view.last_schedule_time = _time(status.get("lastScheduleTime"))
         view.last_successful_time = _time(status.get("lastSuccessfulTime"))
@@ -134,6 +138,9 @@ def _finish(view: RunView, run: RunStatus, record: contract.RunRecord, history_l
         view.last_successful_time = _later(
             view.last_successful_time, record.completion_time or record.time
         )
+        view.counters[CONSECUTIVE_FAILURES] = 0
+    elif record.state is contract.RunState.FAILED and record.reason not in _STOPPED_REASONS:
+        view.counters[CONSECUTIVE_FAILURES] = view.counters.get(CONSECUTIVE_FAILURES, 0) + 1
     view.history = sorted([run, *view.history], key=lambda r: r.scheduled_time, reverse=True)
     view.history = view.history[:history_limit]
 

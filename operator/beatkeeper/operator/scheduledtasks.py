@@ -139,7 +139,10 @@ def _status(
     now: dt.datetime,
     schedule: schedules.Schedule | None,
     spec: ScheduledTaskSpec | None,
+    *,
+    armed: bool = False,
 ) -> dict[str, Any]:
+    """`armed`: the entry is (to be) in Redis, so the next run is shown whatever the health."""
     conditions = health_conditions(
         parse_conditions(observed.status.get("conditions")), health, observed.generation, now
     )
@@ -148,8 +151,41 @@ def _status(
         "observedGeneration": observed.generation,
         "conditions": [c.to_api() for c in conditions],
         "schedule": schedules.describe(schedule) if schedule else None,
-        "nextScheduleTime": _format_time(upcoming) if health.state == "ready" else None,
+        "nextScheduleTime": _format_time(upcoming) if armed else None,
     }
+
+
+RUNS_FAILING = "RunsFailing"
+
+
+def runs_failing(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Have the last spec.failureThreshold runs or more failed in a row (suspended: never)?
+
+    From the raw object, so the watch handler can tell a status write that
+    crosses the threshold (either way) from one that does not.
+    """
+    if spec.get("suspend") is True:
+        return False
+    try:
+        threshold = int(spec.get("failureThreshold", _DEFAULT_THRESHOLD))
+        failures = int(status.get("consecutiveFailures") or 0)
+    except (TypeError, ValueError):
+        return False
+    return threshold > 0 and failures >= threshold
+
+
+_DEFAULT_THRESHOLD = ScheduledTaskSpec.model_fields["failure_threshold"].default
+
+
+def _failing_health(spec: ScheduledTaskSpec) -> Health:
+    # Stable, without the count: the condition changes (and its one Warning is
+    # posted) when the threshold is crossed, not on every further failure.
+    threshold = spec.failure_threshold
+    return Health.stalled(
+        RUNS_FAILING,
+        f"{threshold} or more runs failed in a row (spec.failureThreshold: {threshold}); "
+        "status.lastRun has the latest error, and the next successful run clears this",
+    )
 
 
 def _events(
@@ -222,9 +258,11 @@ def plan_scheduled_task(
     definition = entry_definition(observed, spec)
     if spec.suspend:
         health = Health.ready("Suspended", "new runs are suspended")
+    elif runs_failing(observed.spec, observed.status):
+        health = _failing_health(spec)  # still armed: the next run may succeed
     else:
         health = Health.ready("Scheduled", f"armed: {schedules.describe(schedule)}")
-    status = _status(observed, health, now, schedule, spec)
+    status = _status(observed, health, now, schedule, spec, armed=True)
     return TaskPlan(
         definition, health, status, _events(observed, health, spec, status), spec, schedule
     )

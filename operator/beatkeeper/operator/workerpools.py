@@ -82,6 +82,7 @@ class PoolWorld:
     upcoming: Upcoming | None = None
     scaler: ScalerState = field(default_factory=ScalerState)
     pods: tuple[ObservedPod, ...] = ()  # the pool's pods as the kubelet reports them
+    registered: tuple[str, ...] | None = None  # task names its workers announced; None: unknown
 
 
 @dataclass(frozen=True)
@@ -168,23 +169,62 @@ def _action(dep: ObservedDeployment | None, manifest: Mapping[str, Any], replica
     return "apply" if dep.spec_hash != wanted or dep.replicas != replicas else "none"
 
 
+def _replicas(dep: ObservedDeployment, replicas: int) -> str:
+    """Where the Deployment is on its way to `replicas`, in words (never "4/3 ready")."""
+    if dep.status_replicas > replicas:
+        return (
+            f"scaling down to {replicas}: {dep.status_replicas} replicas still running, "
+            f"{dep.ready_replicas} ready"
+        )
+    if replicas == dep.ready_replicas:
+        return f"{replicas} of {replicas} replicas ready"
+    return f"scaling up to {replicas}: {dep.ready_replicas} of {replicas} replicas ready"
+
+
 def _health(
     spec: WorkerPoolSpec, dep: ObservedDeployment | None, manifest: Mapping[str, Any], replicas: int
 ) -> Health:
+    """Ready while the pool serves: a routine scale step of an autoscaled pool keeps it
+    Ready (reason Scaling) as long as its floor (minReplicas) is ready; a change of the
+    pod template, a manual replica change or a floor not yet reached is Reconciling."""
     name = manifest["metadata"]["name"]
     if dep is None:
         return Health.reconciling("Creating", f"creating Deployment {name}")
-    ready = f"{dep.ready_replicas}/{replicas} replicas ready"
     if dep.spec_hash != manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
-        return Health.reconciling("Updating", f"applying the new pod template; {ready}")
-    if not dep.rolled_out:
-        return Health.reconciling("RollingOut", f"Deployment {name} is rolling out; {ready}")
-    if replicas != dep.replicas or (dep.status_replicas, dep.ready_replicas) != (replicas,) * 2:
-        return Health.reconciling("Scaling", ready)
+        return Health.reconciling(
+            "Updating", f"applying the new pod template; {_replicas(dep, replicas)}"
+        )
+    if dep.updated_replicas < dep.status_replicas or (
+        spec.autoscaling is None and not dep.rolled_out
+    ):
+        return Health.reconciling(
+            "RollingOut", f"Deployment {name} is rolling out; {_replicas(dep, replicas)}"
+        )
+    return _replica_health(spec, dep, replicas)
+
+
+def _replica_health(spec: WorkerPoolSpec, dep: ObservedDeployment, replicas: int) -> Health:
+    steady = replicas == dep.replicas and dep.status_replicas == dep.ready_replicas == replicas
+    if not steady:
+        floor = spec.autoscaling.min_replicas if spec.autoscaling else None
+        if floor is not None and dep.ready_replicas >= min(floor, replicas):
+            return Health.ready("Scaling", _replicas(dep, replicas))
+        return Health.reconciling("Scaling", _replicas(dep, replicas))
     if replicas == 0:
         why = "until work arrives" if spec.autoscaling else "as spec.replicas says"
         return Health.ready("ScaledToZero", f"no replicas {why}")
-    return Health.ready("ReplicasReady", ready)
+    return Health.ready("ReplicasReady", _replicas(dep, replicas))
+
+
+def _deadline(observed: ObservedPool, dep: ObservedDeployment | None) -> Health | None:
+    """The Deployment controller gave up on the rollout (progressDeadlineSeconds)."""
+    if dep is None or not dep.progress_failed:
+        return None
+    return Health.stalled(
+        "ProgressDeadlineExceeded",
+        f"Deployment {dep.name}: {dep.progress_failed}; see why: kubectl describe pods -n "
+        f"{observed.namespace} -l {selector(observed.name)}",
+    )
 
 
 def _limited(observed: ObservedPool, scaling: Scaling, now: dt.datetime) -> list[Condition]:
@@ -217,6 +257,7 @@ def _status(
     current: int,
     conditions: list[Condition],
     now: dt.datetime,
+    registered: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     scaled = scaling.replicas != current
     previous = observed.status
@@ -231,6 +272,9 @@ def _status(
         "active": previous.get("active", 0) if scaling.active is None else scaling.active,
         "lastScaleTime": _format_time(now) if scaled else previous.get("lastScaleTime"),
         "selector": selector(observed.name),
+        "registeredTasks": (
+            previous.get("registeredTasks") if registered is None else list(registered)
+        ),
     }
 
 
@@ -260,8 +304,9 @@ def plan_worker_pool(
     secret = spec.broker_secret_ref
     trouble = diagnose(observed.namespace, world.pods, secret.name, secret.key)
     events: list[Event] = []
-    if trouble is not None:  # the Deployment still converges: a fix is picked up at once
-        health = Health.stalled(trouble.reason, trouble.message)
+    stuck = Health.stalled(trouble.reason, trouble.message) if trouble else _deadline(observed, dep)
+    if stuck is not None:  # the Deployment still converges: a fix is picked up at once
+        health = stuck
         events += _stalled_event(observed, health)
     conditions = health_conditions(
         parse_conditions(observed.status.get("conditions")),
@@ -276,7 +321,13 @@ def plan_worker_pool(
         spec=spec,
         health=health,
         status=_status(
-            observed, dep=dep, scaling=scaling, current=current, conditions=conditions, now=now
+            observed,
+            dep=dep,
+            scaling=scaling,
+            current=current,
+            conditions=conditions,
+            now=now,
+            registered=world.registered,
         ),
         events=events,
         action=action,
