@@ -6,6 +6,7 @@ The real kube-apiserver, the operator (kopf), beat, a worker process and Redis.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,46 @@ def test_wide_columns_and_field_managers(
         if "f:finalizers" in e.get("fieldsV1", {}).get("f:metadata", {})
     }
     assert finalizer_writers <= {"beatkeeper"}
+
+
+def test_admission_warns_about_a_task_no_worker_registers_and_a_narrowed_pool(
+    kubeconfig: Path, namespace: str, env: redis.Redis
+) -> None:
+    def registered() -> list[str]:
+        """the pool's workers announced what they register"""
+        found = get_json(kubeconfig, "wp", "p", "-n", namespace).get("status", {})
+        return list(found.get("registeredTasks") or [])
+
+    assert "e2e.count" in eventually(registered, timeout=30)
+    typo = task("typo", every="1h", task={"name": "e2e.cuont"})
+    warning = (
+        "Warning: spec.task.name: 'e2e.cuont' is allowed by WorkerPool 'p' but none of its "
+        "workers registers it"
+    )
+
+    def warned() -> bool:
+        """the webhook's index has the pool's registered tasks (a server-side dry run)"""
+        text = json.dumps(typo)
+        dry = kubectl(kubeconfig, "apply", "-n", namespace, "--dry-run=server", "-f", "-",
+                      stdin=text)  # fmt: skip
+        return warning in dry.stderr
+
+    eventually(warned, timeout=30)
+    assert warning in apply(kubeconfig, namespace, typo).stderr
+    fine = apply(kubeconfig, namespace, task("fine", every="1h", task={"name": "e2e.count"}))
+    assert "Warning" not in fine.stderr
+
+    narrowed = hostless_pool()
+    narrowed["spec"]["allowedTasks"] = ["beatkeeper.*"]
+    answer = apply(kubeconfig, namespace, narrowed)
+    assert (
+        "Warning: spec.allowedTasks: no longer allows the task of ScheduledTasks fine, typo on "
+        "WorkerPool 'p'"
+    ) in answer.stderr
+
+    def stranded() -> bool:
+        """the stranded task is Stalled, as the warning said"""
+        found = get_json(kubeconfig, "st", "fine", "-n", namespace)
+        return (condition(found, "Stalled") or {}).get("reason") == "InvalidSpec"
+
+    eventually(stranded, timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -118,3 +119,25 @@ def test_a_dead_workers_prefetched_runs_wake_a_pool_at_zero(
     # No pod is left (the pool scaled to zero, or its only pod died): the runs still
     # count, so the autoscaler brings a worker back for them.
     assert measure(found, pods=0, concurrency=1, prefetch=4) >= 4
+
+
+def test_a_worker_announces_the_tasks_it_registers_while_it_runs(
+    workers: Workers, runs: Runs, probe: BacklogProbe
+) -> None:
+    assert probe.registered(runs.queue) is None  # no worker yet: not known
+    first = workers.start("a")
+    second = workers.start("b", BEATKEEPER_TASK_MODULES="")
+    names = probe.registered(runs.queue)
+    assert names is not None
+    assert {"bk_test.work", "bk_test.block", "beatkeeper.http"} <= set(names)  # the union
+    assert not any(name.startswith("celery.") or name == "beatkeeper.run" for name in names)
+    assert len(runs.client.hkeys(keys.registered_key(runs.queue))) == 2
+    workers.supervisor.stop(first, grace=15)
+    assert runs.client.hkeys(keys.registered_key(runs.queue)) == [
+        f"{second.name}@{socket.gethostname()}".encode()
+    ]  # a stopped worker withdraws its names
+    left = probe.registered(runs.queue)
+    assert left is not None
+    assert "bk_test.work" not in left
+    assert "beatkeeper.http" in left
+    assert 0 < runs.client.ttl(keys.registered_key(runs.queue)) <= keys.REGISTERED_TTL_SECONDS

@@ -24,6 +24,7 @@ from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker.builtins import register_builtins
 from beatkeeper_worker.execution import record_hard_limit
 from beatkeeper_worker.liveness import liveness_step
+from beatkeeper_worker.registered import RegisteredTasksStep
 from beatkeeper_worker.runtime import WorkerRuntime, register_runtime, runtime_for
 from beatkeeper_worker.sweeper import SweeperStep
 
@@ -136,5 +137,6 @@ def create_app(settings: WorkerSettings, *, main: str = "beatkeeper") -> Any:
     register_entry_task(app, runtime)
     register_builtins(app, settings.allowed_hosts)
     app.steps["worker"].add(SweeperStep)
+    app.steps["worker"].add(RegisteredTasksStep)
     app.steps["consumer"].add(liveness_step())
     return app

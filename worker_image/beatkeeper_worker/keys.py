@@ -15,6 +15,8 @@ STATS_PREFIX = "beatkeeper:stats:"
 DELETED_PREFIX = "beatkeeper:deleted:"
 RUN_NOW_PREFIX = "beatkeeper:run-now:"
 UNCLAIMED_PREFIX = "beatkeeper:unclaimed:"
+REGISTERED_PREFIX = "beatkeeper:registered:"
+REGISTERED_TTL_SECONDS = 7 * 86400  # refreshed by every worker start
 
 
 def run_key(run_id: str) -> str:
@@ -61,3 +63,10 @@ def unclaimed_key(queue: str) -> str:
     """Sorted set: published run ids of a queue no worker has claimed yet, scored by
     when they were (re)published (ms); the sweeper republishes one left unclaimed."""
     return f"{UNCLAIMED_PREFIX}{queue}"
+
+
+def registered_key(queue: str) -> str:
+    """Hash: per worker (its hostname), the task names its image registers, as JSON
+    `{"tasks": [...], "at": ms}`; the operator shows their union in the pool's
+    status.registeredTasks, and admission warns about a task no worker registers."""
+    return f"{REGISTERED_PREFIX}{queue}"

@@ -7,7 +7,7 @@ turns a message into a refusal that names the field.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from beatkeeper.api.validation import (
@@ -15,6 +15,7 @@ from beatkeeper.api.validation import (
     InvalidSpec,
     parse_scheduled_task,
     parse_worker_pool,
+    task_allowed,
     task_errors,
 )
 from beatkeeper.api.workerpool import WorkerPoolSpec
@@ -91,15 +92,87 @@ def worker_pool_errors(spec: Mapping[str, Any] | None) -> list[FieldError]:
     return []
 
 
-def worker_pool_warnings(spec: Mapping[str, Any] | None) -> list[str]:
-    """What is admitted but would not do what it says: kubectl prints these."""
+def worker_pool_warnings(
+    spec: Mapping[str, Any] | None,
+    old_spec: Mapping[str, Any] | None = None,
+    pool_name: str = "",
+    tasks: Sequence[Mapping[str, Any]] = (),
+) -> list[str]:
+    """What is admitted but would not do what it says: kubectl prints these.
+
+    `tasks`: the ScheduledTasks on this pool (on an update), so a narrowed
+    allowedTasks names the ones it no longer allows.
+    """
     spec = spec or {}
+    warnings = []
     if "replicas" in spec and spec.get("autoscaling") is not None:
-        return [
+        warnings.append(
             "spec.replicas: ignored while spec.autoscaling is set; the autoscaler sets the "
             "replicas between spec.autoscaling.minReplicas and maxReplicas"
-        ]
-    return []
+        )
+    if old_spec is not None and tasks:
+        warnings += _narrowed(spec, old_spec, pool_name, tasks)
+    return warnings
+
+
+_NAMED = 10  # tasks named in one warning; the rest are counted
+
+
+def _narrowed(
+    spec: Mapping[str, Any],
+    old_spec: Mapping[str, Any],
+    pool_name: str,
+    tasks: Sequence[Mapping[str, Any]],
+) -> list[str]:
+    try:
+        new, old = parse_worker_pool(spec), parse_worker_pool(old_spec)
+    except InvalidSpec:
+        return []
+    if new.allowed_tasks == old.allowed_tasks:
+        return []
+    denied = sorted(
+        str(body.get("metadata", {}).get("name", ""))
+        for body in tasks
+        if isinstance(name := (body.get("spec") or {}).get("task", {}).get("name"), str)
+        and task_allowed(name, old.allowed_tasks)
+        and not task_allowed(name, new.allowed_tasks)
+    )
+    if not denied:
+        return []
+    named = ", ".join(denied[:_NAMED])
+    more = f" and {len(denied) - _NAMED} more" if len(denied) > _NAMED else ""
+    return [
+        f"spec.allowedTasks: no longer allows the task of ScheduledTasks {named}{more} on "
+        f"WorkerPool {pool_name!r}; they stay Stalled (InvalidSpec) and run nothing until "
+        "their task is allowed again or changed"
+    ]
+
+
+def scheduled_task_warnings(
+    namespace: str,
+    spec: Mapping[str, Any] | None,
+    pools: PoolSpecs,
+    registered: Mapping[tuple[str, str], Sequence[str]],
+) -> list[str]:
+    """A task the pool's globs allow but that none of its workers registers: every run
+    would fail with TaskNotRegistered. Only when the pool's workers have said what they
+    register (a pool that has never run a worker is not known either way)."""
+    spec = spec or {}
+    pool_name = str(spec.get("workerPool", ""))
+    task = spec.get("task")
+    name = task.get("name") if isinstance(task, Mapping) else None
+    known = registered.get((namespace, pool_name)) or ()
+    pool = _known_pool(pools, namespace, pool_name)
+    if not known or pool is None or not isinstance(name, str) or name in known:
+        return []
+    if not task_allowed(name, pool.allowed_tasks):
+        return []  # refused already
+    return [
+        f"spec.task.name: {name!r} is allowed by WorkerPool {pool_name!r} but none of its "
+        "workers registers it (status.registeredTasks), so its runs would fail with "
+        "TaskNotRegistered; check the name, or add the module that defines it to the "
+        "pool's spec.taskModules"
+    ]
 
 
 def review_pool_scale(namespace: str, name: str, pools: PoolSpecs) -> str | None:

@@ -108,6 +108,20 @@ class BacklogProbe:
             next_retry=_retry_upcoming(rest[2]),
         )
 
+    def registered(self, queue: str) -> tuple[str, ...] | None:
+        """The task names the pool's workers announced (the union), or None when no
+        worker of the queue has announced any; raises redis.RedisError."""
+        entries = self.client.hgetall(keys.registered_key(queue))
+        if not entries:
+            return None
+        names: set[str] = set()
+        for value in entries.values():
+            try:
+                names.update(str(name) for name in json.loads(value).get("tasks", ()))
+            except (ValueError, AttributeError, TypeError):
+                continue  # one worker's unreadable entry; the others still count
+        return tuple(sorted(names))
+
     def _tally_stale(self) -> bool:
         with self._lock:
             last = self._tallied_at

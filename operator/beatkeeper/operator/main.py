@@ -17,7 +17,7 @@ import kopf
 import redis
 
 from beatkeeper.api.base import GROUP, VERSION
-from beatkeeper.operator import loops, workerpools
+from beatkeeper.operator import loops, scheduledtasks, workerpools
 from beatkeeper.operator.deployments import (
     APP_NAME,
     MANAGED_BY,
@@ -38,6 +38,7 @@ from beatkeeper.operator.kubeapi import USER_AGENT
 from beatkeeper.operator.podhealth import ObservedPod
 from beatkeeper.operator.runtime import Admission, Runtime, build_runtime, start_admission
 from beatkeeper.operator.supervision import LoopsUnhealthy, LoopSupervisor
+from beatkeeper.operator.webhook import Known
 from beatkeeper_core.settings import Settings
 
 ST = (GROUP, VERSION, "scheduledtasks")
@@ -68,11 +69,13 @@ async def login(logger: logging.Logger, **kwargs: Any) -> kopf.AiohttpSession | 
 
 @kopf.on.startup()
 async def startup(
+    *,
     settings: kopf.OperatorSettings,
     memo: kopf.Memo,
     logger: kopf.Logger,
     scheduledtask_bodies: Index,
     workerpool_specs: Index,
+    workerpool_registered: Index,
     **_: Any,
 ) -> None:
     config = Settings.from_env().operator
@@ -87,9 +90,9 @@ async def startup(
     runtime = await asyncio.to_thread(build_runtime, config)
     memo["runtime"] = runtime
     tasks, pools = IndexView(scheduledtask_bodies), IndexView(workerpool_specs)
-    memo["admission"] = await asyncio.to_thread(
-        start_admission, config, runtime.kube, lambda: pools
-    )
+    registered = IndexView(workerpool_registered)
+    known = Known(pools=lambda: pools, tasks=lambda: tasks, registered=lambda: registered)
+    memo["admission"] = await asyncio.to_thread(start_admission, config, runtime.kube, known)
     queue = memo["queue"] = loops.WorkQueue()
     memo["reconciled_fingerprints"] = {}
     memo["pool_generations"] = SpecGenerations()
@@ -150,6 +153,14 @@ async def workerpool_specs(
     return {(namespace, name): dict(spec)}
 
 
+@kopf.index(*WP)
+async def workerpool_registered(
+    namespace: str, name: str, status: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], Any]:
+    """The task names each pool's workers register (status.registeredTasks), for admission."""
+    return {(namespace, name): tuple(status.get("registeredTasks") or ())}
+
+
 @kopf.index(*ST)
 async def scheduledtask_bodies(
     namespace: str, name: str, body: kopf.Body, **_: Any
@@ -166,6 +177,8 @@ async def scheduled_task_event(
     name: str,
     uid: str,
     meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
@@ -173,7 +186,9 @@ async def scheduled_task_event(
 
     A deleting object is dirty too: its reconcile removes the entry, then our
     finalizer. DELETED (gone without our finalizer) removes the entry at once.
-    Events that changed only status are skipped (`reconcile_fingerprint`).
+    Events that changed only status are skipped (`reconcile_fingerprint`),
+    unless the run records' status write crossed spec.failureThreshold, which
+    changes the object's health.
     """
     runtime: Runtime = memo["runtime"]
     seen: dict[str, int] = memo["reconciled_fingerprints"]
@@ -182,7 +197,7 @@ async def scheduled_task_event(
         await asyncio.to_thread(runtime.scheduled_tasks.forget, namespace, name)
         runtime.run_status.forget(uid)
         return
-    fingerprint = reconcile_fingerprint(meta)
+    fingerprint = reconcile_fingerprint(meta, scheduledtasks.runs_failing(spec, status))
     if seen.get(uid) == fingerprint:
         return
     seen[uid] = fingerprint

@@ -73,7 +73,7 @@ class Admission:
 
 
 def start_admission(
-    config: OperatorSettings, kube: KubeApi, pools: webhook.Pools
+    config: OperatorSettings, kube: KubeApi, known: webhook.Known
 ) -> Admission | None:
     """Serve admission reviews for the configured mode (None when off)."""
     if config.webhook == "off":
@@ -82,7 +82,7 @@ def start_admission(
         assert config.webhook_cert_dir is not None, "BEATKEEPER_WEBHOOK_CERT_DIR is required"
         certfile, keyfile = config.webhook_cert_dir / "tls.crt", config.webhook_cert_dir / "tls.key"
         server = AdmissionServer(
-            config.webhook_listen, config.webhook_port or 9443, certfile, keyfile, pools
+            config.webhook_listen, config.webhook_port or 9443, certfile, keyfile, known
         )
         server.start()
         return Admission(server, kube, registered=False)
@@ -92,7 +92,7 @@ def start_admission(
     ca = CertificateAuthority.create(directory, "beatkeeper-webhook-ca")
     pair = ca.issue_serving(directory, "webhook", [config.webhook_listen, "localhost"])
     server = AdmissionServer(
-        config.webhook_listen, config.webhook_port, pair.cert_path, pair.key_path, pools
+        config.webhook_listen, config.webhook_port, pair.cert_path, pair.key_path, known
     )
     port = server.start()
     configs = webhook.build_configurations(f"https://{config.webhook_listen}:{port}", ca.cert_pem)
@@ -567,18 +567,19 @@ class WorkerPoolReconciler:
         deployments: Mapping[tuple[str, str], ObservedDeployment] | None,
         now: dt.datetime,
     ) -> workerpools.PoolWorld:
-        sample, error = None, ""
+        sample, error, registered = None, "", None
         if self.probe is not None:
+            queue = contract.queue_name(observed.namespace, observed.name)
             try:
-                sample = self.probe.measure(
-                    contract.queue_name(observed.namespace, observed.name), now
-                )
+                sample = self.probe.measure(queue, now)
+                registered = self.probe.registered(queue)
             except redis.RedisError as failure:
                 error = str(failure)
         return workerpools.PoolWorld(
             deployment=self._deployment(observed, memory, deployments),
             backlog=sample,
             backlog_error=error,
+            registered=registered,
             upcoming=memory.slots.earliest(slots, now),
             scaler=memory.scaler,
         )

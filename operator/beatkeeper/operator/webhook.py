@@ -7,7 +7,9 @@ creates took five times longer). Reviews are the pure functions of
 `beatkeeper.operator.admission`; this module only speaks AdmissionReview v1.
 
 Paths: `/scheduledtask` and `/workerpool` (validating; the latter also sees
-`kubectl scale`, the scale subresource, and warns about fields it ignores), `/finalizer`
+`kubectl scale`, the scale subresource; both warn about what is admitted but will not
+work as written: fields a pool ignores, a narrowed allowedTasks under existing tasks,
+a task no worker of the pool registers), `/finalizer`
 (mutating: adds Beatkeeper's finalizer to a new ScheduledTask, so no extra
 write per object is needed later). In local mode the server also creates the
 Validating/MutatingWebhookConfiguration `beatkeeper.dev` pointing at
@@ -31,49 +33,68 @@ from typing import Any
 
 from beatkeeper.api.base import GROUP, VERSION
 from beatkeeper.operator import admission
+from beatkeeper.operator.indexes import tasks_of_pool
 
 logger = logging.getLogger(__name__)
 
 NAME = GROUP  # the webhook configurations' name
 FINALIZER = f"{GROUP}/finalizer"
-Pools = Callable[[], Mapping[tuple[str, str], Mapping[str, Any]]]
+Lookup = Callable[[], Mapping[tuple[str, str], Any]]
+
+
+def _nothing() -> Mapping[tuple[str, str], Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the operator's indexes hold, read at each review, keyed (namespace, name)."""
+
+    pools: Lookup  # WorkerPool specs
+    tasks: Lookup = _nothing  # ScheduledTask bodies
+    registered: Lookup = _nothing  # per WorkerPool: the task names its workers register
 
 
 def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return None if obj is None else obj.get("spec")
 
 
-def review_scheduled_task(request: Mapping[str, Any], pools: Pools) -> dict[str, Any]:
-    obj = request.get("object") or {}
+def _where(request: Mapping[str, Any]) -> tuple[str, str]:
+    meta = (request.get("object") or {}).get("metadata") or {}
+    namespace = str(request.get("namespace") or meta.get("namespace", ""))
+    return namespace, str(request.get("name") or meta.get("name", ""))
+
+
+def review_scheduled_task(request: Mapping[str, Any], known: Known) -> dict[str, Any]:
+    namespace, _ = _where(request)
+    spec, pools = _spec(request.get("object")), known.pools()
     message = admission.review_scheduled_task(
-        request.get("operation"),
-        str(request.get("namespace") or obj.get("metadata", {}).get("namespace", "")),
-        _spec(obj),
-        _spec(request.get("oldObject")),
-        pools(),
-    )
-    return _verdict(message)
-
-
-def review_worker_pool(request: Mapping[str, Any], pools: Pools) -> dict[str, Any]:
-    if request.get("subResource") == "scale":
-        return _verdict(
-            admission.review_pool_scale(
-                str(request.get("namespace") or ""), str(request.get("name") or ""), pools()
-            )
-        )
-    spec = _spec(request.get("object"))
-    message = admission.review_worker_pool(
-        request.get("operation"), spec, _spec(request.get("oldObject"))
+        request.get("operation"), namespace, spec, _spec(request.get("oldObject")), pools
     )
     answer = _verdict(message)
-    warnings = admission.worker_pool_warnings(spec) if message is None else []
-    if warnings:
-        answer["warnings"] = warnings
+    if message is None:
+        warnings = admission.scheduled_task_warnings(namespace, spec, pools, known.registered())
+        if warnings:
+            answer["warnings"] = warnings
     return answer
 
 
-def add_finalizer(request: Mapping[str, Any], _pools: Pools) -> dict[str, Any]:
+def review_worker_pool(request: Mapping[str, Any], known: Known) -> dict[str, Any]:
+    namespace, name = _where(request)
+    if request.get("subResource") == "scale":
+        return _verdict(admission.review_pool_scale(namespace, name, known.pools()))
+    spec, old_spec = _spec(request.get("object")), _spec(request.get("oldObject"))
+    message = admission.review_worker_pool(request.get("operation"), spec, old_spec)
+    answer = _verdict(message)
+    if message is None:
+        tasks = tasks_of_pool(known.tasks(), namespace, name) if old_spec is not None else []
+        warnings = admission.worker_pool_warnings(spec, old_spec, name, tasks)
+        if warnings:
+            answer["warnings"] = warnings
+    return answer
+
+
+def add_finalizer(request: Mapping[str, Any], _known: Known) -> dict[str, Any]:
     meta = (request.get("object") or {}).get("metadata") or {}
     finalizers = list(meta.get("finalizers") or [])
     if FINALIZER in finalizers:
@@ -93,26 +114,26 @@ def _verdict(message: str | None) -> dict[str, Any]:
     return {"allowed": False, "status": {"code": 422, "reason": "Invalid", "message": message}}
 
 
-REVIEWS: dict[str, Callable[[Mapping[str, Any], Pools], dict[str, Any]]] = {
+REVIEWS: dict[str, Callable[[Mapping[str, Any], Known], dict[str, Any]]] = {
     "/scheduledtask": review_scheduled_task,
     "/workerpool": review_worker_pool,
     "/finalizer": add_finalizer,
 }
 
 
-def respond(path: str, review: Mapping[str, Any], pools: Pools) -> dict[str, Any]:
+def respond(path: str, review: Mapping[str, Any], known: Known) -> dict[str, Any]:
     """The AdmissionReview answer for one request body."""
     request = review.get("request") or {}
     handler = REVIEWS.get(path.split("?", maxsplit=1)[0])
     if handler is None:
         answer: dict[str, Any] = {"allowed": True}
     else:
-        answer = handler(request, pools)
+        answer = handler(request, known)
     answer["uid"] = request.get("uid", "")
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": answer}
 
 
-def _handler_class(pools: Pools) -> type[BaseHTTPRequestHandler]:
+def _handler_class(known: Known) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the apiserver reuses connections
         # One buffered write per response: headers and body sent apart meet
@@ -123,7 +144,7 @@ def _handler_class(pools: Pools) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", "0"))
             try:
                 review = json.loads(self.rfile.read(length))
-                body = json.dumps(respond(self.path, review, pools)).encode()
+                body = json.dumps(respond(self.path, review, known)).encode()
                 status = 200
             except (ValueError, TypeError) as error:
                 body, status = str(error).encode(), 400
@@ -147,10 +168,10 @@ class AdmissionServer:
     port: int
     certfile: Path
     keyfile: Path
-    pools: Pools
+    known: Known
 
     def start(self) -> int:
-        self.server = ThreadingHTTPServer((self.listen, self.port), _handler_class(self.pools))
+        self.server = ThreadingHTTPServer((self.listen, self.port), _handler_class(self.known))
         self.server.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self.certfile), str(self.keyfile))
