@@ -1,7 +1,8 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
 # Each installs what it needs (.venv/, pip packages, Debian packages: redis-server and the
 # node's containerd, runc, CNI plugins, buildah, debootstrap; the Go builds of the control
-# plane, CoreDNS, helm and kubeconform; the images), cached under ~/.cache/beatkeeper, and is quick once
+# plane, CoreDNS, helm, kubeconform and the GitOps health checker; the images), cached under
+# ~/.cache/beatkeeper, and is quick once
 # it exists.
 
 SHELL := /bin/bash
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: all test test-unit test-integration test-e2e test-kind lint demo images \
-	system-deps venv cluster-binary helm kubeconform chart-crds chart-lint schemas clean
+	system-deps venv cluster-binary helm kubeconform health-checker chart-crds chart-lint schemas clean
 
 all: test
 
@@ -42,6 +43,10 @@ kubeconform: venv
 images: venv system-deps
 	@$(BIN)/python -m beatkeeper.devenv.images --sizes
 
+# Builds the GitOps health checker (kstatus, gopher-lua, cel-go) once; the e2e health tests run it.
+health-checker: venv
+	@$(BIN)/python -m beatkeeper.devenv.build health >/dev/null
+
 # Builds helm from its Go module once (cached under ~/.cache/beatkeeper; cold ~4 min).
 helm: venv
 	@$(BIN)/python -m beatkeeper.devenv.helm >/dev/null
@@ -58,7 +63,7 @@ chart-lint: helm
 	$$($(BIN)/python -m beatkeeper.devenv.helm) lint --strict charts/beatkeeper
 
 # Two pytest sessions: one node runs per machine, and the own_node tests start their own.
-test: venv system-deps cluster-binary helm kubeconform images
+test: venv system-deps cluster-binary helm kubeconform health-checker images
 	$(BIN)/python -m pytest -m "not own_node" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m own_node $(PYTEST_ARGS)
 
@@ -68,7 +73,7 @@ test-unit: venv helm kubeconform
 test-integration: venv system-deps
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
-test-e2e: venv system-deps cluster-binary helm images
+test-e2e: venv system-deps cluster-binary helm health-checker images
 	$(BIN)/python -m pytest -m "e2e and not own_node" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m own_node $(PYTEST_ARGS)
 

@@ -38,6 +38,7 @@ class DevSettings:
     redis_server: str
     crds_dir: Path
     kubeconform_module: Path = field(default_factory=lambda: _repo_root() / "tests" / "kubeconform")
+    health_module: Path = field(default_factory=lambda: _repo_root() / "tests" / "health")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DevSettings:
@@ -60,6 +61,7 @@ class DevSettings:
             kubeconform_module=_path(
                 env, "BEATKEEPER_KUBECONFORM_MODULE", _repo_root() / "tests" / "kubeconform"
             ),
+            health_module=_path(env, "BEATKEEPER_HEALTH_MODULE", _repo_root() / "tests" / "health"),
         )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from e2e_helpers import FAST_WORKER, eventually
 
+from beatkeeper.devenv.build import ensure_health_checker
 from beatkeeper.devenv.cluster import free_port
 from beatkeeper.devenv.environment import Environment
 from beatkeeper.devenv.kube import kubectl
@@ -218,3 +219,9 @@ def pytest_report_header() -> list[str]:
         "beatkeeper e2e: BEATKEEPER_KUBECONFIG="
         + os.environ.get("BEATKEEPER_KUBECONFIG", "(local)")
     ]
+
+
+@pytest.fixture(scope="session")
+def health_checker(dev_settings: DevSettings) -> Path:
+    """The GitOps health checker (kstatus, gopher-lua, cel-go), built once and cached."""
+    return ensure_health_checker(dev_settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,3 +67,32 @@ def hostless_pool(name: str = "p") -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"image": "worker:1", "replicas": 0, "allowedTasks": ["beatkeeper.*", "e2e.*"]},
     }
+
+
+REPO = Path(__file__).resolve().parents[2]
+Verdict = tuple[str, str, str]  # kstatus, Argo CD, Flux healthCheckExprs
+CURRENT: Verdict = ("Current", "Healthy", "Current")
+IN_PROGRESS: Verdict = ("InProgress", "Progressing", "InProgress")
+FAILED: Verdict = ("Failed", "Degraded", "Failed")
+SUSPENDED: Verdict = ("Current", "Suspended", "Current")  # kstatus has no suspended state
+
+
+def verdicts(checker: Path, *objects: dict[str, Any]) -> list[Verdict]:
+    """What kstatus, the Argo CD Lua scripts and the Flux CEL expressions say of each object
+    (the checker built from tests/health: the real libraries, not imitations)."""
+    out = subprocess.run(
+        [
+            str(checker),
+            "-argocd",
+            str(REPO / "gitops" / "argocd"),
+            "-flux",
+            str(REPO / "gitops" / "flux" / "kustomization.yaml"),
+        ],
+        input=json.dumps(list(objects)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    return [(v["kstatus"], v["argocd"], v["flux"]) for v in lines]

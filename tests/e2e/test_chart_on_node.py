@@ -29,7 +29,16 @@ from typing import Any
 
 import pytest
 import redis
-from e2e_helpers import FAST_WORKER, apply, condition, eventually, get_json
+from e2e_helpers import (
+    CURRENT,
+    FAILED,
+    FAST_WORKER,
+    apply,
+    condition,
+    eventually,
+    get_json,
+    verdicts,
+)
 
 from beatkeeper.devenv.helm import Helm, ensure_helm
 from beatkeeper.devenv.kube import kubectl
@@ -374,7 +383,9 @@ def broken_pools(release: Release, image: str) -> dict[str, tuple[str, dict[str,
     }
 
 
-def test_a_pool_whose_pods_cannot_start_says_why(release: Release, worker_image: str) -> None:
+def test_a_pool_whose_pods_cannot_start_says_why(
+    release: Release, worker_image: str, health_checker: Path
+) -> None:
     pools = broken_pools(release, worker_image)
     for where, manifest in pools.values():
         apply(release.kubeconfig, where, manifest)
@@ -388,6 +399,12 @@ def test_a_pool_whose_pods_cannot_start_says_why(release: Release, worker_image:
         found = eventually(lambda name=name, where=where: stalled(name, where), timeout=90)
         assert found["reason"] == reason, found
         assert "kubectl " in found["message"], found  # the next step
+    # kstatus (Flux), the Argo CD script and the Flux expressions all say Failed / Degraded.
+    broken = [
+        get_json(release.kubeconfig, "wp", manifest["metadata"]["name"], "-n", where)
+        for where, manifest in pools.values()
+    ]
+    assert verdicts(health_checker, *broken) == [FAILED] * len(broken)
     time.sleep(3)  # more polls: each warning stays single
     for reason, (where, manifest) in pools.items():
         warnings = events(release, where, manifest["metadata"]["name"], reason)
@@ -424,6 +441,8 @@ def test_a_pool_whose_pods_cannot_start_says_why(release: Release, worker_image:
         return ok and found.get("readyReplicas") == 1
 
     eventually(healthy, timeout=90)
+    fixed = get_json(release.kubeconfig, "wp", "nosecret", "-n", release.bare)
+    assert verdicts(health_checker, fixed) == [CURRENT]
     for where, manifest in pools.values():
         kubectl(release.kubeconfig, "delete", "wp", manifest["metadata"]["name"], "-n", where,
                 "--wait=false")  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 import kubernetes
 import pytest
 import redis
-from e2e_helpers import FAST_WORKER, apply, condition, eventually, get_json
+from e2e_helpers import CURRENT, FAST_WORKER, apply, condition, eventually, get_json, verdicts
 from kubernetes.client import AppsV1Api
 
 from beatkeeper.devenv.kube import kubectl
@@ -165,6 +165,7 @@ def test_burst_scales_up_within_2s_and_down_after_the_window_losing_nothing(
     apps: AppsV1Api,
     client: redis.Redis,
     worker_image: str,
+    health_checker: Path,
 ) -> None:
     window = 4
     autoscaling = {"maxReplicas": 3, "scaleDown": {"stabilizationSeconds": window}}
@@ -200,12 +201,18 @@ def test_burst_scales_up_within_2s_and_down_after_the_window_losing_nothing(
     app.close()
 
     replicas: list[tuple[float, int]] = []
+    pools = kubernetes.client.CustomObjectsApi(apps.api_client)
+    seen: dict[str, dict[str, Any]] = {}  # the pool as sampled, by Ready reason
 
     def deployment_replicas() -> int:
         found = apps.read_namespaced_deployment("burst-workers", team)
         count = int(found.spec.replicas if found.spec else 0)
         if not replicas or replicas[-1][1] != count:
             replicas.append((time.monotonic() - published, count))
+        body = pools.get_namespaced_custom_object(
+            "beatkeeper.dev", "v1alpha1", team, "workerpools", "burst"
+        )
+        seen.setdefault((condition(body, "Ready") or {}).get("reason", ""), body)
         return count
 
     while deployment_replicas() == 0:
@@ -235,6 +242,13 @@ def test_burst_scales_up_within_2s_and_down_after_the_window_losing_nothing(
     assert len(started) == len(runs)
     assert started == done
     assert set(started.values()) == {1}, started
+    # Routine scaling never made the pool unready: every tool said Healthy at every step.
+    assert "Scaling" in seen, sorted(seen)
+    ready = [condition(body, "Ready") for body in seen.values()]
+    assert {c["status"] for c in ready if c} == {"True"}, ready
+    assert len({c["lastTransitionTime"] for c in ready if c}) == 1, ready  # never flipped
+    assert verdicts(health_checker, *seen.values()) == [CURRENT] * len(seen)
+    assert not any("/" in c["message"] for c in ready if c), ready  # no "4/3 replicas ready"
     messages = events(kubeconfig, team, "burst", "Scaled")
     assert "backlog 14 -> 3 replicas" in messages
     assert f"scale down to 0 after {window} s idle" in messages

@@ -1,11 +1,13 @@
 """Build and cache the Go binaries the local environment runs.
 
-Three modules, each its own dependency graph:
+Four modules, each its own dependency graph:
 - tests/cluster/: one multi-call binary for the control plane and the node
   (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
   kube-proxy), all from the same Kubernetes modules;
 - tests/coredns/: CoreDNS with only the plugins the node's cluster DNS uses;
-- tests/kubeconform/: kubeconform's own command, for the schema tests.
+- tests/kubeconform/: kubeconform's own command, for the schema tests;
+- tests/health/: the GitOps health checker (kstatus, Argo CD's Lua VM, Flux's
+  CEL), for the end-to-end health tests.
 
 Binaries, GOMODCACHE and GOCACHE live under the cache directory, outside the
 repository; a binary's name carries a hash of its inputs, so it is rebuilt only
@@ -204,6 +206,17 @@ def ensure_kubeconform(settings: DevSettings, progress: Progress | None = None) 
     return _ensure(build, "kubeconform", progress)
 
 
+def ensure_health_checker(settings: DevSettings, progress: Progress | None = None) -> Path:
+    """Return the cached GitOps health checker (tests/health: kstatus, gopher-lua, cel-go)."""
+    build = GoBuild(
+        module_dir=settings.health_module,
+        cache_dir=settings.cache_dir,
+        name="health",
+        kubernetes=False,
+    )
+    return _ensure(build, "the GitOps health checker", progress)
+
+
 def _print_progress(message: str) -> None:
     print(f"[beatkeeper] {message}", file=sys.stderr, flush=True)
 
@@ -216,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         "cluster": ensure_cluster_binary,
         "coredns": ensure_coredns,
         "kubeconform": ensure_kubeconform,
+        "health": ensure_health_checker,
     }
     names = list(sys.argv[1:] if argv is None else argv) or list(builds)
     unknown = sorted(set(names) - set(builds))
