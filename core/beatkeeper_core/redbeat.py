@@ -156,6 +156,10 @@ class RedbeatStore:
         pipe.zrem(self.schedule_key, *keys)
         pipe.execute()
 
+    def armed(self) -> int:
+        """How many entries the schedule holds (each armed ScheduledTask has one)."""
+        return int(self.client.zcard(self.schedule_key))
+
     def names(self) -> set[str]:
         """Every entry name that has a hash under the prefix (for garbage collection)."""
         names = set()

@@ -95,6 +95,7 @@ class OperatorSettings:
     health_listen: str  # address it binds: 127.0.0.1 on a host, 0.0.0.0 in a pod
     metrics_port: int  # 0: no metrics endpoint
     redbeat_prefix: str
+    metrics_listen: str = "127.0.0.1"  # 0.0.0.0 in a pod
     # An object whose own reconcile keeps failing is retried after this, doubling.
     object_backoff_seconds: float = 2.0
 
@@ -114,7 +115,8 @@ class OperatorSettings:
             webhook_cert_dir=Path(cert_dir) if cert_dir else None,
             health_port=int(_number(env, "BEATKEEPER_HEALTH_PORT", 0)),
             health_listen=env.get("BEATKEEPER_HEALTH_LISTEN", "127.0.0.1"),
-            metrics_port=int(_number(env, "BEATKEEPER_METRICS_PORT", 0)),
+            metrics_port=_port(env, "BEATKEEPER_METRICS_PORT"),
+            metrics_listen=_listen(env),
             redbeat_prefix=env.get("BEATKEEPER_REDBEAT_PREFIX", "redbeat:"),
             object_backoff_seconds=_positive(env, "BEATKEEPER_OBJECT_BACKOFF_SECONDS", 2.0),
         )
@@ -170,6 +172,10 @@ class WorkerSettings:
     liveness_file: Path = Path("/tmp/beatkeeper-worker.alive")  # noqa: S108 - an emptyDir
     liveness_seconds: float = 5.0
     log_level: str = "INFO"
+    metrics_port: int = 0  # 0: no /metrics endpoint
+    metrics_listen: str = "127.0.0.1"  # 0.0.0.0 in a pod
+    # A prefork worker's processes count into files here (an emptyDir in the pod).
+    metrics_dir: Path = Path("/tmp/beatkeeper-metrics")  # noqa: S108 - an emptyDir
 
     def __post_init__(self) -> None:
         if self.renew_seconds * 2 > self.lease_seconds:
@@ -223,7 +229,26 @@ class WorkerSettings:
             liveness_file=_path(env, "BEATKEEPER_LIVENESS_FILE", cls.liveness_file),
             liveness_seconds=_positive(env, "BEATKEEPER_LIVENESS_SECONDS", cls.liveness_seconds),
             log_level=env.get("BEATKEEPER_WORKER_LOGLEVEL", "").strip().upper() or "INFO",
+            metrics_port=_port(env, "BEATKEEPER_METRICS_PORT"),
+            metrics_listen=_listen(env),
+            metrics_dir=_path(env, "BEATKEEPER_METRICS_DIR", cls.metrics_dir),
         )
+
+
+def _listen(env: Mapping[str, str]) -> str:
+    """BEATKEEPER_METRICS_LISTEN: the address /metrics binds (127.0.0.1 on a host)."""
+    return env.get("BEATKEEPER_METRICS_LISTEN", "").strip() or "127.0.0.1"
+
+
+def _port(env: Mapping[str, str], name: str) -> int:
+    raw = env.get(name, "").strip() or "0"
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} must be a port number (0: off)") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{name}={port} must be a port number between 0 (off) and 65535")
+    return port
 
 
 def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
@@ -243,6 +268,8 @@ class BeatSettings:
     lock_seconds: float = 10.0  # a standby takes over this long after the active beat died
     poll_seconds: float = 0.2  # longest sleep: bounds lateness of newly written entries
     batch: int = 1000  # due entries loaded per round trip
+    metrics_port: int = 0  # 0: no /metrics endpoint
+    metrics_listen: str = "127.0.0.1"  # 0.0.0.0 in a pod
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BeatSettings:
@@ -251,6 +278,8 @@ class BeatSettings:
             lock_seconds=_number(env, "BEATKEEPER_BEAT_LOCK_SECONDS", cls.lock_seconds),
             poll_seconds=_number(env, "BEATKEEPER_BEAT_POLL_SECONDS", cls.poll_seconds),
             batch=int(_number(env, "BEATKEEPER_BEAT_BATCH", cls.batch)),
+            metrics_port=_port(env, "BEATKEEPER_BEAT_METRICS_PORT"),
+            metrics_listen=_listen(env),
         )
 
 

@@ -166,7 +166,11 @@ def test_template_overrides() -> None:
     assert "automountServiceAccountToken" not in pod  # the account's own setting applies
     assert pod["priorityClassName"] == "batch-low"
     meta = deployment["spec"]["template"]["metadata"]
-    assert meta["annotations"] == {"prometheus.io/scrape": "true"}
+    assert meta["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9808",  # the worker's /metrics, unless the template says otherwise
+        "prometheus.io/path": "/metrics",
+    }
     assert meta["labels"]["team"] == "finance"
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,9 @@ from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
 from beatkeeper_core import contract, firing
 from beatkeeper_core.redbeat import Advance, DueEntry, RedbeatStore
 from beatkeeper_core.settings import BeatSettings, WorkerSettings
+from beatkeeper_worker import metrics
 from beatkeeper_worker.app import create_app
+from beatkeeper_worker.metrics import BeatMetrics
 from beatkeeper_worker.publish import prepare_runs, push_runs
 from beatkeeper_worker.runs import EncodedRun
 from beatkeeper_worker.runtime import redis_client, runtime_for
@@ -95,6 +98,7 @@ class _Prepared:
     runs: list[EncodedRun]
     missed: list[contract.RunRecord]
     advance: Advance
+    fires: list[tuple[str, float]]  # each run's trigger and due time, for the metrics
 
 
 class Firer:
@@ -105,7 +109,15 @@ class Firer:
     per batch is left: 10,000 entries due together go out within a second.
     """
 
-    def __init__(self, app: Any, store: RedbeatStore, batch: int, lookahead: float = 5.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        store: RedbeatStore,
+        batch: int,
+        lookahead: float = 5.0,
+        metrics: BeatMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics
         self.app = app
         self.store = store
         self.batch = batch
@@ -176,15 +188,15 @@ class Firer:
         due = upcoming.due if upcoming.due is not None else now.timestamp()
         at = max(now, dt.datetime.fromtimestamp(due, dt.UTC))
         plan = firing.plan_fire(definition, upcoming, meta, at)
-        runs = [
-            (_envelope(definition, slot, trigger), definition.queue) for slot, trigger in plan.runs
-        ]
+        envelopes = [_envelope(definition, slot, trigger) for slot, trigger in plan.runs]
+        runs = [(envelope, definition.queue) for envelope in envelopes]
         self.prepared[entry.name] = _Prepared(
             entry=entry,
             due=due,
             runs=prepare_runs(self.app, runs, at),
             missed=[_missed(definition, slot, at) for slot in plan.missed],
             advance=Advance(entry.name, entry.next, plan.next, plan.meta),
+            fires=[(e.trigger, e.due.timestamp()) for e in envelopes],
         )
 
     def _push(self, now: dt.datetime) -> int:
@@ -210,7 +222,19 @@ class Firer:
         if missed:
             registry.append(missed)
         self.store.advance([item.advance for item in chunk])
+        if self.metrics is not None:
+            self._count(chunk, len(missed))
         return len(runs)
+
+    def _count(self, chunk: list[_Prepared], missed: int) -> None:
+        assert self.metrics is not None
+        published = time.time()
+        for item in chunk:
+            for trigger, due in item.fires:
+                self.metrics.fires.labels(trigger).inc()
+                if trigger == "schedule":  # a catch-up run is late by design
+                    self.metrics.lateness.observe(max(0.0, published - due))
+        self.metrics.missed.inc(missed)
 
 
 def _envelope(
@@ -243,7 +267,8 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
         super().__init__(app, **kwargs)
         store = RedbeatStore(redis_client(worker_settings), self.beat_settings.redbeat_prefix)
         self.store = store
-        self.firer = Firer(app, store, self.beat_settings.batch)
+        self.metrics = metrics.beat() if self.beat_settings.metrics_port else None
+        self.firer = Firer(app, store, self.beat_settings.batch, metrics=self.metrics)
 
     @property
     def schedule(self) -> dict[str, Any]:
@@ -279,6 +304,7 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
         if self.lock is None:
             self.lock = self._acquire_lock()
             logger.info("beat: Acquired lock %s", self.lock_key)
+            self._lock_held(True)
             return
         try:
             self.lock.extend(int(self.lock_timeout))
@@ -289,9 +315,18 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
             # a standby does, and forgets what it had prepared.
             logger.error("beat lost its lock %s; waiting to take it again", self.lock_key)
             self.lock = None
+            self._lock_held(False)
             self.firer.prepared.clear()
             self.lock = self._acquire_lock()
             logger.info("beat: Acquired lock %s again", self.lock_key)
+            self._lock_held(True)
+
+    def _lock_held(self, held: bool) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.lock_held.set(1 if held else 0)
+        if held:
+            self.metrics.lock_takeovers.inc()
 
     def _acquire_lock(self) -> Any:
         """The lock as redbeat makes it (timeout, polling, extend-to script), held."""
@@ -317,6 +352,10 @@ def beat_argv(extra: Sequence[str] = ()) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`beatkeeper beat`: celery beat with this scheduler, against the broker's Redis."""
+    settings = BeatSettings.from_env(os.environ)
+    if settings.metrics_port:
+        metrics.beat().lock_held.set(0)  # a standby says so from its first scrape
+        metrics.serve(settings.metrics_port, settings.metrics_listen)
     app = create_app(WorkerSettings.from_env(os.environ), main="beatkeeper-beat")
     app.start(argv=beat_argv(list(argv or [])))
     return 0

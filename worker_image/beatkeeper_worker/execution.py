@@ -41,7 +41,7 @@ from pydantic import ValidationError
 
 from beatkeeper_core.contract import ENTRY_TASK, RunEnvelope, RunRecord, RunState
 from beatkeeper_core.settings import WorkerSettings
-from beatkeeper_worker import records
+from beatkeeper_worker import metrics, records
 from beatkeeper_worker.errors import PermanentError
 from beatkeeper_worker.leases import Lease, LeaseKeeper, RunStopped
 from beatkeeper_worker.retries import RetryPlan, plan_retry
@@ -91,6 +91,7 @@ class Executor:
         self._clock = clock
         self._rng = rng
         self._queue = settings.queue
+        self._metrics = metrics.worker() if settings.metrics_port else None
 
     def execute(self, payload: object, worker: str) -> str:
         envelope = parse_envelope(payload)
@@ -109,6 +110,8 @@ class Executor:
             raise Reject(str(exc), requeue=True) from exc
         if claim.status != "claimed":
             log.debug("delivery of %s not executed: %s", envelope.run_id, claim.detail)
+            if self._metrics is not None and claim.status == "dropped":
+                self._metrics.dropped.labels(claim.detail).inc()
             return f"{claim.status}:{claim.detail}"
         if claim.replaced:
             self._registry.append(replaced_records(envelope, claim.replaced, now))
@@ -119,6 +122,8 @@ class Executor:
         if refusal is not None:
             reason, message = refusal
             log.warning("run %s refused: %s", envelope.run_id, message)
+            if self._metrics is not None:
+                self._metrics.refused.labels(reason).inc()
             record = records.failed(envelope, now, reason, message, worker=worker)
             return self._registry.finish(envelope, self._queue, record)
         return self._registry.claim(
@@ -146,6 +151,10 @@ class Executor:
             confirmed_at=claimed,
         )
         token = _CURRENT.set(envelope)
+        label = metrics.task_label(envelope.task.name, self._app.tasks)
+        if self._metrics is not None:
+            self._metrics.runs_started.labels(label).inc()
+        began = time.monotonic()
         try:
             with self._keeper.hold(lease):
                 # `run`, not `__call__`: no request context to build; the entry
@@ -153,6 +162,8 @@ class Executor:
                 task.run(*envelope.task.args, **envelope.task.kwargs)
         except RunStopped:
             log.warning("run %s stopped: its lease was taken over", envelope.run_id)
+            if self._metrics is not None:
+                self._metrics.leases_lost.inc()
             return "stopped"
         except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
             outcome = self._time_limited(envelope, started, worker, exc)
@@ -164,7 +175,14 @@ class Executor:
             outcome = Outcome(records.succeeded(envelope, started, self._clock(), worker))
         finally:
             _CURRENT.reset(token)
-        return self._settle(envelope, owner, outcome, lease.confirmed_at)
+        if self._metrics is not None:
+            self._metrics.run_duration.labels(label).observe(time.monotonic() - began)
+        result = self._settle(envelope, owner, outcome, lease.confirmed_at)
+        if self._metrics is not None and result == outcome.record.state.value:
+            self._metrics.runs_finished.labels(label, result).inc()
+            if outcome.retry is not None:
+                self._metrics.retries.labels(label).inc()
+        return result
 
     def _deadlines(self, envelope: RunEnvelope) -> tuple[float | None, float | None]:
         # The prefork pool enforces the limits itself (they travel in the message).

@@ -44,6 +44,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from beatkeeper_core.contract import RunEnvelope
+from beatkeeper_worker.metrics import WorkerMetrics
 from beatkeeper_worker.runs import HeldLease, RunRegistry
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,9 @@ class LeaseKeeper:
         kill_after: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         die: Callable[[], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self._registry = registry
         self._renew_seconds = renew_seconds
         # None: no fence (unit tests of renewal alone); workers always pass it.
@@ -257,6 +260,8 @@ class LeaseKeeper:
         except redis.RedisError:
             # Retried next tick; past the fence the run stops (see the module docstring).
             log.warning("lease renewal failed", exc_info=True)
+            if self.metrics is not None:
+                self.metrics.renewals_failed.inc()
             return
         for lease in renewable:
             if lease.held.run_id in lost:

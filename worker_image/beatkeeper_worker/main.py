@@ -34,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not settings.queue:
         print("beatkeeper worker: set BEATKEEPER_WORKER_QUEUE to the pool's queue", file=sys.stderr)
         return 2
+    if settings.metrics_port:
+        from beatkeeper_worker import metrics
+
+        # Before anything imports prometheus_client: prefork children count into files.
+        metrics.enable(settings.metrics_dir if settings.pool == "prefork" else None)
+        metrics.serve(settings.metrics_port, settings.metrics_listen)
     from beatkeeper_worker.app import create_app
 
     app = create_app(settings)

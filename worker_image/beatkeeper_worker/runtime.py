@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from beatkeeper_core.settings import TlsVerify, WorkerSettings
+from beatkeeper_worker import metrics
 from beatkeeper_worker.execution import Executor, record_threads_hard_limit
 from beatkeeper_worker.leases import LeaseKeeper, SignalInterrupter, ThreadInterrupter
 from beatkeeper_worker.runs import RunRegistry
@@ -111,6 +112,7 @@ class WorkerRuntime:
         )
 
     def _new_keeper(self, renewals: RunRegistry, registry: RunRegistry) -> LeaseKeeper:
+        counted = metrics.worker() if self.settings.metrics_port else None
         if self.interrupter is not None:
             # Killing the child makes its parent requeue the message (reject on
             # worker lost); the claim then drops it, as the run has finished.
@@ -120,6 +122,7 @@ class WorkerRuntime:
                 lease_seconds=self.settings.lease_seconds,
                 interrupter=self.interrupter,
                 kill_after=self.settings.renew_seconds * 2,
+                metrics=counted,
             )
         return LeaseKeeper(
             renewals,
@@ -127,6 +130,7 @@ class WorkerRuntime:
             lease_seconds=self.settings.lease_seconds,
             interrupter=ThreadInterrupter(),
             on_hard_limit=lambda lease: record_threads_hard_limit(registry, lease),
+            metrics=counted,
         )
 
 

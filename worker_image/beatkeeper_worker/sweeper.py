@@ -27,7 +27,8 @@ import redis
 from celery import bootsteps
 
 from beatkeeper_core.contract import RunEnvelope
-from beatkeeper_worker import keys
+from beatkeeper_worker import keys, metrics
+from beatkeeper_worker.metrics import WorkerMetrics
 from beatkeeper_worker.publish import send_run
 from beatkeeper_worker.retries import promote_due
 from beatkeeper_worker.runs import RunRegistry
@@ -50,7 +51,9 @@ class Sweeper:
         interval: float,
         lease_seconds: float,
         unclaimed_seconds: float = 60.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._registry = registry
         self._send = send
         self._queue = queue
@@ -75,6 +78,10 @@ class Sweeper:
         unclaimed = registry.unclaimed(self._queue, grace_seconds=self._unclaimed_seconds)
         self._republish(unclaimed, f"published {self._unclaimed_seconds:.0f} s ago, never claimed")
         promoted = promote_due(registry, self._queue, self._send)
+        if self._metrics is not None:
+            self._metrics.recovered.labels("lease-expired").inc(len(expired))
+            self._metrics.recovered.labels("unclaimed").inc(len(unclaimed))
+            self._metrics.retries_promoted.inc(promoted)
         return len(expired) + len(unclaimed), promoted
 
     def _republish(self, envelopes: list[str], why: str) -> None:
@@ -119,6 +126,7 @@ def sweeper_for(app: Any) -> Sweeper:
         interval=settings.sweep_seconds,
         lease_seconds=settings.lease_seconds,
         unclaimed_seconds=settings.unclaimed_seconds,
+        metrics=metrics.worker() if settings.metrics_port else None,
     )
 
 

@@ -33,6 +33,12 @@ CONTAINER = "worker"
 WORKER_USER = 10001  # the worker image's numeric user (worker_image/Dockerfile)
 LIVENESS_FILE = "/tmp/beatkeeper-worker.alive"  # noqa: S108 - an emptyDir
 LIVENESS_PROBE = ["python", "-m", "beatkeeper_worker.liveness", "--max-age", "30"]
+METRICS_PORT = 9808  # every worker serves /metrics here (the pod template's port "metrics")
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(METRICS_PORT),
+    "prometheus.io/path": "/metrics",
+}
 _MAX_LABEL = 63
 
 
@@ -100,6 +106,8 @@ def worker_env(queue: str, spec: WorkerPoolSpec) -> list[dict[str, Any]]:
         {"name": "BEATKEEPER_ALLOWED_TASKS", "value": ",".join(spec.allowed_tasks)},
         {"name": "BEATKEEPER_ALLOWED_HOSTS", "value": ",".join(spec.allowed_hosts)},
         {"name": "BEATKEEPER_LIVENESS_FILE", "value": LIVENESS_FILE},
+        {"name": "BEATKEEPER_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "BEATKEEPER_METRICS_LISTEN", "value": "0.0.0.0"},  # the pod's own network
     ]
     taken = {item["name"] for item in ours}
     extra = spec.template.env if spec.template else []
@@ -130,6 +138,7 @@ def worker_container(queue: str, spec: WorkerPoolSpec) -> dict[str, Any]:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir
         # Start-up may wait for the broker; after that a stale file means a wedged loop.
         "startupProbe": _probe(period=2, failures=90),
@@ -202,7 +211,7 @@ def build_worker_deployment(pool: PoolRef, spec: WorkerPoolSpec, replicas: int) 
             "template": {
                 "metadata": {
                     "labels": {**template.labels, **labels},
-                    **({"annotations": dict(template.annotations)} if template.annotations else {}),
+                    "annotations": {**SCRAPE_ANNOTATIONS, **template.annotations},
                 },
                 "spec": pod_spec(queue, spec),
             },

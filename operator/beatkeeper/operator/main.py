@@ -36,7 +36,13 @@ from beatkeeper.operator.indexes import (
 )
 from beatkeeper.operator.kubeapi import USER_AGENT
 from beatkeeper.operator.podhealth import ObservedPod
-from beatkeeper.operator.runtime import Admission, Runtime, build_runtime, start_admission
+from beatkeeper.operator.runtime import (
+    Admission,
+    Runtime,
+    build_runtime,
+    serve_metrics,
+    start_admission,
+)
 from beatkeeper.operator.supervision import LoopsUnhealthy, LoopSupervisor
 from beatkeeper.operator.webhook import Known
 from beatkeeper_core.settings import Settings
@@ -93,6 +99,8 @@ async def startup(
     registered = IndexView(workerpool_registered)
     known = Known(pools=lambda: pools, tasks=lambda: tasks, registered=lambda: registered)
     memo["admission"] = await asyncio.to_thread(start_admission, config, runtime.kube, known)
+    if config.metrics_port:
+        memo["metrics"] = await asyncio.to_thread(serve_metrics, runtime, tasks, config)
     queue = memo["queue"] = loops.WorkQueue()
     memo["reconciled_fingerprints"] = {}
     memo["pool_generations"] = SpecGenerations()
@@ -111,6 +119,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     admission_server: Admission | None = memo.get("admission")
     if admission_server is not None:
         await asyncio.to_thread(admission_server.stop)
+    metrics_server = memo.get("metrics")
+    if metrics_server is not None:
+        await asyncio.to_thread(metrics_server.shutdown)
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await asyncio.to_thread(runtime.close)
@@ -249,7 +260,9 @@ def worker_pool_event(
     """A new spec converges at once (`kubectl scale` included); the daemon does the rest."""
     runtime: Runtime = memo["runtime"]
     if type == "DELETED":
-        runtime.worker_pools.forget(body.metadata.uid)
+        runtime.worker_pools.forget(
+            body.metadata.uid, (body.metadata.namespace, body.metadata.name)
+        )
     # The pool's tasks may have been waiting for it, or must stop now; only a
     # new spec (or the pool's arrival or removal) can change that, not its status.
     generations: SpecGenerations = memo["pool_generations"]

@@ -102,3 +102,17 @@ class RunRecordStream:
 
     def parked(self) -> int:
         return int(self.client.xlen(PARKED_STREAM))
+
+    def progress(self) -> tuple[int, int, int]:
+        """(lag, pending, parked): records not read yet by the operator's group, read
+        but not acknowledged, and set aside."""
+        lag = pending = 0
+        try:
+            groups = self.client.xinfo_groups(self.stream)
+        except redis.ResponseError:  # no stream yet
+            groups = []
+        for group in groups:
+            name = group.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == self.group:
+                lag, pending = int(group.get("lag") or 0), int(group.get("pending") or 0)
+        return lag, pending, self.parked()

@@ -26,15 +26,17 @@ from typing import Any
 import kopf
 import redis
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry
 
 from beatkeeper.api.scheduledtask import CANCEL_ANNOTATION
 from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_worker_pool
 from beatkeeper.api.workerpool import WorkerPoolSpec
-from beatkeeper.operator import autoscaler, runstatus, scheduledtasks, webhook, workerpools
+from beatkeeper.operator import autoscaler, metrics, runstatus, scheduledtasks, webhook, workerpools
 from beatkeeper.operator.backlog import BacklogProbe
 from beatkeeper.operator.conditions import Event, Health, health_conditions, parse_conditions
 from beatkeeper.operator.deployments import ObservedDeployment, deployment_name
 from beatkeeper.operator.kubeapi import KubeApi, api_client, namespace_terminating
+from beatkeeper.operator.metrics import OperatorMetrics, PoolStatuses, StateCollector
 from beatkeeper.operator.podhealth import ObservedPod
 from beatkeeper.operator.runrecords import RunRecordStream
 from beatkeeper.operator.trouble import TroubleBook
@@ -46,6 +48,7 @@ from beatkeeper_core.settings import OperatorSettings, WorkerSettings
 
 Clock = Callable[[], dt.datetime]
 FINALIZER = "beatkeeper.dev/finalizer"
+TASK_KIND, POOL_KIND = "ScheduledTask", "WorkerPool"
 Pools = Mapping[tuple[str, str], Mapping[str, Any]]
 logger = logging.getLogger(__name__)
 _CERT_DIRS: list[Path] = []
@@ -202,6 +205,7 @@ class ScheduledTaskReconciler:
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="status")
     )
     troubles: TroubleBook = field(default_factory=TroubleBook)
+    metrics: OperatorMetrics = field(default_factory=lambda: OperatorMetrics(CollectorRegistry()))
 
     def reconcile(self, body: Mapping[str, Any], pools: Pools) -> None:
         self.reconcile_many([body], pools)
@@ -214,6 +218,10 @@ class ScheduledTaskReconciler:
         condition saying so where it can, one Warning event, and a retry after a
         backoff, while every other object of the batch goes on.
         """
+        with self.metrics.duration.labels(TASK_KIND).time():
+            self._reconcile_many(bodies, pools)
+
+    def _reconcile_many(self, bodies: Sequence[Mapping[str, Any]], pools: Pools) -> None:
         deleting = [body for body in bodies if body["metadata"].get("deletionTimestamp")]
         self._finalize(deleting)
         now = self.clock()
@@ -228,6 +236,7 @@ class ScheduledTaskReconciler:
                 plan = self._plan(item, pools, now)
             except (ApiException, redis.RedisError) as error:
                 self._failed(body, "ReconcileFailed", _describe(error))
+                self.metrics.reconciles.labels(TASK_KIND, "error").inc()
                 continue
             except Exception as error:  # a planner bug must not stop the others
                 logger.exception("planning %s failed", item.key)
@@ -308,6 +317,7 @@ class ScheduledTaskReconciler:
         return scheduledtasks.troubled(item, reason, message, now)
 
     def _failed(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        self.metrics.errors.labels(TASK_KIND, reason).inc()
         trouble = self.troubles.failed(_uid(body), reason, message)
         logger.warning("%s of %s: %s (retry in %d s)", reason, _key(body), message,
                        max(0, int(trouble.retry_at - time.monotonic())))  # fmt: skip
@@ -330,11 +340,14 @@ class ScheduledTaskReconciler:
             )
         except Exception as error:  # refused for this object alone (a policy, a bad value)
             self._failed(body, "StatusWriteFailed", f"status not written: {_describe(error)}")
+            self.metrics.reconciles.labels(TASK_KIND, "error").inc()
             return
         if changes and written:
             post_events(self.kube, body, [*plan.events, *events])
         if plan.health.reason not in _ENTRY_LEFT_ALONE:
             self.troubles.cleared(_uid(body))
+        result = "error" if plan.health.reason in _ENTRY_LEFT_ALONE else "ok"
+        self.metrics.reconciles.labels(TASK_KIND, result).inc()
 
     def _run_now(
         self,
@@ -355,6 +368,7 @@ class ScheduledTaskReconciler:
             logger.warning("run-now of %s not published yet: %s", item.key, error)
             return []
         desired["runNowToken"] = token
+        self.metrics.run_now.inc()
         return [Event("Normal", "RunNow", f"run requested by token {token}")]
 
     def _cancel(
@@ -412,6 +426,7 @@ class RunStatusWriter:
     clock: Clock
     views: dict[str, runstatus.RunView] = field(default_factory=dict)  # by object uid
     troubles: TroubleBook = field(default_factory=TroubleBook)  # objects refusing records
+    metrics: OperatorMetrics = field(default_factory=lambda: OperatorMetrics(CollectorRegistry()))
 
     def apply(self, body: Mapping[str, Any], records: Sequence[contract.RunRecord]) -> None:
         meta = body["metadata"]
@@ -429,6 +444,7 @@ class RunStatusWriter:
             raise
         if written:
             self.views[uid] = view
+            self.metrics.records_applied.inc(len(records))
             post_events(self.kube, body, events)
 
     def _schedule_facts(self, body: Mapping[str, Any]) -> tuple[int, dt.datetime | None, bool]:
@@ -469,6 +485,8 @@ class WorkerPoolReconciler:
     memory: dict[str, PoolMemory] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
     troubles: TroubleBook = field(default_factory=TroubleBook)
+    metrics: OperatorMetrics = field(default_factory=lambda: OperatorMetrics(CollectorRegistry()))
+    statuses: PoolStatuses = field(default_factory=PoolStatuses)  # for the scrape
 
     def reconcile(
         self,
@@ -487,7 +505,8 @@ class WorkerPoolReconciler:
         """
         uid = _uid(body)
         try:
-            interval = self._reconcile(body, slots, deployments, pods)
+            with self.metrics.duration.labels(POOL_KIND).time():
+                interval = self._reconcile(body, slots, deployments, pods)
         except kopf.TemporaryError:
             raise
         except (ApiException, redis.RedisError) as error:
@@ -496,9 +515,12 @@ class WorkerPoolReconciler:
             logger.exception("reconciling WorkerPool %s failed", _key(body))
             return self._failed(body, "PlanningFailed", _describe(error))
         self.troubles.cleared(uid)
+        self.metrics.reconciles.labels(POOL_KIND, "ok").inc()
         return interval
 
     def _failed(self, body: Mapping[str, Any], reason: str, message: str) -> float:
+        self.metrics.errors.labels(POOL_KIND, reason).inc()
+        self.metrics.reconciles.labels(POOL_KIND, "error").inc()
         trouble = self.troubles.failed(_uid(body), reason, message)
         if trouble.announce:
             post_events(self.kube, body, [Event("Warning", reason, message)])
@@ -549,11 +571,28 @@ class WorkerPoolReconciler:
             ):
                 memory.status.update(changes)
                 post_events(self.kube, body, plan.events)
+                self._count(observed, world, plan)
         return plan.poll_seconds
 
-    def forget(self, uid: str) -> None:
+    def _count(
+        self,
+        observed: workerpools.ObservedPool,
+        world: workerpools.PoolWorld,
+        plan: workerpools.PoolPlan,
+    ) -> None:
+        key = (observed.namespace, observed.name)
+        self.statuses.update(key, plan.status)
+        current = world.deployment.replicas if world.deployment else 0
+        wanted = int(plan.status.get("desiredReplicas", current))
+        if wanted != current:
+            direction = "up" if wanted > current else "down"
+            self.metrics.scale_events.labels(*key, direction).inc()
+
+    def forget(self, uid: str, key: tuple[str, str] | None = None) -> None:
         with self.guard:
             self.memory.pop(uid, None)
+        if key is not None:
+            self.statuses.forget(key)
 
     def _memory(self, uid: str) -> PoolMemory:
         with self.guard:
@@ -645,6 +684,7 @@ class Runtime:
     run_status: RunStatusWriter
     worker_pools: WorkerPoolReconciler
     backlog: BacklogProbe
+    metrics: OperatorMetrics = field(default_factory=lambda: OperatorMetrics(CollectorRegistry()))
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -662,6 +702,7 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
     control = RunControl(settings, client)
     backoff = settings.object_backoff_seconds
     probe = BacklogProbe(client)
+    counted = OperatorMetrics(CollectorRegistry())
     return Runtime(
         settings=settings,
         kube=kube,
@@ -670,13 +711,34 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
         records=records,
         clock=clock,
         scheduled_tasks=ScheduledTaskReconciler(
-            kube, store, control, clock, troubles=TroubleBook(base=backoff)
+            kube, store, control, clock, troubles=TroubleBook(base=backoff), metrics=counted
         ),
-        run_status=RunStatusWriter(kube, clock, troubles=TroubleBook(base=backoff)),
-        worker_pools=WorkerPoolReconciler(kube, clock, probe, troubles=TroubleBook(base=backoff)),
+        run_status=RunStatusWriter(
+            kube, clock, troubles=TroubleBook(base=backoff), metrics=counted
+        ),
+        worker_pools=WorkerPoolReconciler(
+            kube, clock, probe, troubles=TroubleBook(base=backoff), metrics=counted
+        ),
         backlog=probe,
+        metrics=counted,
         closers=[kube.client.close, client.close],
     )
+
+
+def serve_metrics(
+    runtime: Runtime, tasks: Mapping[Any, Mapping[str, Any]], settings: OperatorSettings
+) -> Any:
+    """/metrics on `settings.metrics_port`: the counters, and the objects' state per scrape."""
+    registry = runtime.metrics.registry
+    registry.register(
+        StateCollector(
+            tasks=lambda: tasks,
+            pools=runtime.worker_pools.statuses.snapshot,
+            armed=runtime.store.armed,
+            records=runtime.records.progress,
+        )
+    )
+    return metrics.serve(registry, settings.metrics_port, settings.metrics_listen)
 
 
 def _text(value: bytes | str) -> str:
