@@ -214,10 +214,25 @@ class StateCollector(Collector):
                 "beatkeeper_pool_active_runs", "Runs executing now.", labels=labels
             ),
         }
+        bounds = {
+            "minReplicas": GaugeMetricFamily(
+                "beatkeeper_pool_replicas_min",
+                "spec.autoscaling.minReplicas of an autoscaled pool.",
+                labels=labels,
+            ),
+            "maxReplicas": GaugeMetricFamily(
+                "beatkeeper_pool_replicas_max",
+                "spec.autoscaling.maxReplicas of an autoscaled pool.",
+                labels=labels,
+            ),
+        }
         for (namespace, name), status in list(self._pools().items()):
             for field, family in families.items():
                 family.add_metric([namespace, name], float(status.get(field) or 0))
-        yield from families.values()
+            for field, family in bounds.items():
+                if field in status:
+                    family.add_metric([namespace, name], float(status[field]))
+        yield from (*families.values(), *bounds.values())
 
     def _redis_families(self) -> Iterator[Any]:
         try:

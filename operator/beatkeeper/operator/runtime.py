@@ -581,7 +581,13 @@ class WorkerPoolReconciler:
         plan: workerpools.PoolPlan,
     ) -> None:
         key = (observed.namespace, observed.name)
-        self.statuses.update(key, plan.status)
+        policy = plan.spec.autoscaling if plan.spec else None
+        bounds = (
+            {"minReplicas": policy.min_replicas, "maxReplicas": policy.max_replicas}
+            if policy
+            else {}
+        )
+        self.statuses.update(key, {**plan.status, **bounds})
         current = world.deployment.replicas if world.deployment else 0
         wanted = int(plan.status.get("desiredReplicas", current))
         if wanted != current:
