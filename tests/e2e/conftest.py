@@ -46,6 +46,10 @@ class OperatorProcess:
         return self.supervisor.log_dir / "operator.log"
 
     @property
+    def metrics_port(self) -> int:
+        return int(self.env["BEATKEEPER_METRICS_PORT"])
+
+    @property
     def healthz(self) -> str:
         return f"http://127.0.0.1:{self.env['BEATKEEPER_HEALTH_PORT']}/healthz"
 
@@ -130,6 +134,7 @@ def operator(
         BEATKEEPER_WEBHOOK="local",
         BEATKEEPER_NAMESPACES=HOST_OPERATOR_NAMESPACES,
         BEATKEEPER_HEALTH_PORT=str(free_port()),
+        BEATKEEPER_METRICS_PORT=str(free_port()),
         BEATKEEPER_OBJECT_BACKOFF_SECONDS="0.5",  # an object in trouble: retried 0.5, 1, 2 s...
     )
     supervisor = Supervisor(cluster.log_dir)
@@ -159,11 +164,20 @@ def service_env(cluster: Environment, redis_url: str, **extra: str) -> dict[str,
 
 
 @pytest.fixture(scope="session")
-def beat(cluster: Environment, redis_url: str) -> Iterator[Component]:
+def beat_metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def beat(cluster: Environment, redis_url: str, beat_metrics_port: int) -> Iterator[Component]:
     """One `beatkeeper beat` for the session (lock timeout scaled down to 5 s)."""
     supervisor = Supervisor(cluster.log_dir)
     env = service_env(
-        cluster, redis_url, BEATKEEPER_BEAT_LOCK_SECONDS="5", BEATKEEPER_BEAT_POLL_SECONDS="0.2"
+        cluster,
+        redis_url,
+        BEATKEEPER_BEAT_LOCK_SECONDS="5",
+        BEATKEEPER_BEAT_POLL_SECONDS="0.2",
+        BEATKEEPER_BEAT_METRICS_PORT=str(beat_metrics_port),
     )
     component = supervisor.start("beat", [sys.executable, "-m", "beatkeeper.cli", "beat"], env=env)
     try:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from beatkeeper.devenv.cluster import free_port
 from beatkeeper.devenv.netproxy import Partition
@@ -41,12 +43,13 @@ class Beats:
     prefix: str
     client: redis.Redis
 
-    def start(self, name: str = "beat", lock_seconds: int = 5) -> Component:
+    def start(self, name: str = "beat", lock_seconds: int = 5, metrics_port: int = 0) -> Component:
         env = {
             **os.environ,
             "BEATKEEPER_BROKER_URL": self.redis_url,
             "BEATKEEPER_REDBEAT_PREFIX": self.prefix,
             "BEATKEEPER_BEAT_LOCK_SECONDS": str(lock_seconds),
+            "BEATKEEPER_BEAT_METRICS_PORT": str(metrics_port),
             "PYTHONUNBUFFERED": "1",
         }
         component = self.supervisor.start(
@@ -143,7 +146,8 @@ def test_downtime_catch_up_runs_latest_and_records_missed(beats: Beats) -> None:
     definition = entry(namespace, anchor=anchor, every=5)
     # Armed 60 s ago, then beat was down: 12 slots passed, the last ones inside the grace period.
     beats.store.upsert_if_changed([definition], anchor)
-    beat = beats.start()
+    port = free_port()
+    beat = beats.start(metrics_port=port)
     wait_for(lambda: beats.holder_ready(beat), 30, "beat took its lock")
     wait_for(
         lambda: (
@@ -164,6 +168,23 @@ def test_downtime_catch_up_runs_latest_and_records_missed(beats: Beats) -> None:
     assert all(r.slot > catch_up[0].slot for r in on_time)
     run_ids = [r.run_id for r in records if r.state in ("Pending", "Missed")]
     assert len(run_ids) == len(set(run_ids))
+    # beat's /metrics says the same (parsed with prometheus-client's parser).
+    samples = beat_metrics(port)
+    assert samples[("beatkeeper_beat_missed_slots_total", ())] == len(missed)
+    assert samples[("beatkeeper_beat_fires_total", (("trigger", "catch-up"),))] == 1
+    assert samples[("beatkeeper_beat_fires_total", (("trigger", "schedule"),))] >= len(on_time)
+    assert samples[("beatkeeper_beat_lock_held", ())] == 1
+    assert samples[("beatkeeper_beat_lock_acquisitions_total", ())] == 1
+
+
+def beat_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_standby_takes_over_when_the_active_beat_is_killed(beats: Beats) -> None:

@@ -268,6 +268,7 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
         store = RedbeatStore(redis_client(worker_settings), self.beat_settings.redbeat_prefix)
         self.store = store
         self.metrics = metrics.beat() if self.beat_settings.metrics_port else None
+        self._holding = False
         self.firer = Firer(app, store, self.beat_settings.batch, metrics=self.metrics)
 
     @property
@@ -308,6 +309,7 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
             return
         try:
             self.lock.extend(int(self.lock_timeout))
+            self._lock_held(True)  # redbeat's beat_init may have taken it
         except redis.exceptions.LockError:
             # The lock expired while this beat could not renew it (Redis away longer
             # than the lock timeout, a stall): another beat may hold it now. Firing
@@ -322,10 +324,11 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
             self._lock_held(True)
 
     def _lock_held(self, held: bool) -> None:
+        was, self._holding = self._holding, held
         if self.metrics is None:
             return
         self.metrics.lock_held.set(1 if held else 0)
-        if held:
+        if held and not was:
             self.metrics.lock_takeovers.inc()
 
     def _acquire_lock(self) -> Any:

@@ -107,7 +107,7 @@ def worker_env(queue: str, spec: WorkerPoolSpec) -> list[dict[str, Any]]:
         {"name": "BEATKEEPER_ALLOWED_HOSTS", "value": ",".join(spec.allowed_hosts)},
         {"name": "BEATKEEPER_LIVENESS_FILE", "value": LIVENESS_FILE},
         {"name": "BEATKEEPER_METRICS_PORT", "value": str(METRICS_PORT)},
-        {"name": "BEATKEEPER_METRICS_LISTEN", "value": "0.0.0.0"},  # the pod's own network
+        {"name": "BEATKEEPER_METRICS_LISTEN", "value": "0.0.0.0"},  # noqa: S104 - the pod network
     ]
     taken = {item["name"] for item in ours}
     extra = spec.template.env if spec.template else []
