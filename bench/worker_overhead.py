@@ -18,6 +18,13 @@ Two configurations by default, headline first:
 
     .venv/bin/python -m bench.worker_overhead [--tasks 5000] [--rounds 3] [--prefetch 4 1]
 
+With `--metrics`, it measures what Prometheus metrics cost instead: two workers of the
+same settings drain envelope runs in alternating rounds, one without metrics and one
+serving /metrics (multiprocess mode under prefork) that a scraper reads every second;
+the ratio on/off is the cost (target: >= 0.95, at most 5 % of the throughput):
+
+    .venv/bin/python -m bench.worker_overhead --metrics --tasks 1000 --rounds 5
+
 Prints a table, then one JSON line (headline = the first prefetch):
 {"bench": "worker_overhead", "envelope_tasks_per_s": ..., "bare_tasks_per_s": ..., "ratio": ...,
  "configs": [...]}
@@ -32,7 +39,9 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +50,7 @@ from typing import Any
 import redis
 from celery import shared_task
 
+from beatkeeper.devenv.cluster import free_port
 from beatkeeper.devenv.processes import Supervisor, wait_until
 from beatkeeper.devenv.redis import start_redis
 from beatkeeper_core.contract import RunEnvelope, RunPolicy, TaskCall, queue_name
@@ -58,9 +68,14 @@ def noop() -> None:
 
 
 def start_worker(
-    supervisor: Supervisor, url: str, queue: str, args: argparse.Namespace, prefetch: int
+    supervisor: Supervisor,
+    url: str,
+    queue: str,
+    args: argparse.Namespace,
+    prefetch: int,
+    **extra: str,
 ) -> Any:
-    liveness = supervisor.log_dir / "worker.alive"
+    liveness = supervisor.log_dir / f"worker-{queue}.alive"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -72,10 +87,13 @@ def start_worker(
         "BEATKEEPER_WORKER_PREFETCH": str(prefetch),
         "BEATKEEPER_WORKER_LOGLEVEL": "WARNING",
         "BEATKEEPER_LIVENESS_FILE": str(liveness),
+        **extra,
     }
     name = f"bench-{uuid.uuid4().hex[:6]}@%h"
     worker = supervisor.start(
-        "worker", [sys.executable, "-m", "beatkeeper_worker", f"--hostname={name}"], env=env
+        f"worker-{queue}",
+        [sys.executable, "-m", "beatkeeper_worker", f"--hostname={name}"],
+        env=env,
     )
     wait_until(worker, liveness.exists, timeout=60)
     return worker
@@ -231,6 +249,102 @@ def report(configs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     )
 
 
+class Scraper:
+    """Reads a /metrics endpoint every `interval` seconds, as Prometheus would."""
+
+    def __init__(self, port: int, interval: float = 1.0) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.interval = interval
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with urllib.request.urlopen(self.url, timeout=5) as answer:
+                answer.read()
+            self.scrapes += 1
+
+
+def run_metrics(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Envelope runs drained by a worker without metrics and one with them, alternating."""
+    supervisor = Supervisor(workdir / "logs")
+    prefetch = args.prefetch[0]
+    try:
+        url = args.redis_url or start_redis(supervisor, workdir / "redis")[1]
+        queues = {
+            mode: queue_name("bench", f"{mode}-{uuid.uuid4().hex[:6]}") for mode in ("off", "on")
+        }
+        port = free_port()
+        pids = {
+            "off": start_worker(supervisor, url, queues["off"], args, prefetch).pid,
+            "on": start_worker(
+                supervisor, url, queues["on"], args, prefetch,
+                BEATKEEPER_METRICS_PORT=str(port),
+                BEATKEEPER_METRICS_DIR=str(workdir / "metrics"),
+            ).pid,
+        }  # fmt: skip
+        app = create_app(WorkerSettings(broker_url=url))
+        client = redis.Redis.from_url(url)
+        samples: dict[str, list[Sample]] = {"off": [], "on": []}
+        with Scraper(port) as scraper:
+            for mode in ("off", "on"):  # warm up
+                measure(app, client, queues[mode], pids[mode], "envelope", min(args.tasks, 200))
+            for round_ in range(args.rounds):
+                order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
+                for mode in order:
+                    samples[mode].append(
+                        measure(app, client, queues[mode], pids[mode], "envelope", args.tasks)
+                    )
+        client.close()
+        app.close()
+    finally:
+        supervisor.stop_all()
+    off = statistics.median(s.tasks_per_s for s in samples["off"])
+    on = statistics.median(s.tasks_per_s for s in samples["on"])
+    return {
+        "bench": "worker_overhead_metrics",
+        "tasks": args.tasks,
+        "rounds": args.rounds,
+        "pool": args.pool,
+        "concurrency": args.concurrency,
+        "prefetch": prefetch,
+        "metrics_off_tasks_per_s": round(off, 1),
+        "metrics_on_tasks_per_s": round(on, 1),
+        "ratio": round(on / off, 3),
+        "off_rounds": [round(s.tasks_per_s, 1) for s in samples["off"]],
+        "on_rounds": [round(s.tasks_per_s, 1) for s in samples["on"]],
+        "scrapes": scraper.scrapes,
+    }
+
+
+def report_metrics(result: dict[str, Any]) -> None:
+    print(
+        f"worker_overhead --metrics: {result['tasks']} no-op envelope runs x {result['rounds']} "
+        f"rounds per mode, pool={result['pool']} concurrency={result['concurrency']} "
+        f"prefetch={result['prefetch']}, /metrics scraped every second "
+        f"({result['scrapes']} scrapes)"
+    )
+    print(
+        f"metrics off: {result['metrics_off_tasks_per_s']:.0f}/s (rounds "
+        f"{', '.join(f'{r:.0f}' for r in result['off_rounds'])})"
+    )
+    print(
+        f"metrics on:  {result['metrics_on_tasks_per_s']:.0f}/s (rounds "
+        f"{', '.join(f'{r:.0f}' for r in result['on_rounds'])})"
+    )
+    print(f"ratio on/off: {result['ratio']:.3f} (target >= 0.95)")
+    print(json.dumps(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=5000)
@@ -239,9 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--prefetch", type=int, nargs="+", default=[4, 1])
     parser.add_argument("--redis-url", help="an existing Redis (default: start one)")
+    parser.add_argument(
+        "--metrics", action="store_true", help="measure metrics on vs off instead of bare"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as workdir:
-        report(run(args, Path(workdir)), args)
+        if args.metrics:
+            report_metrics(run_metrics(args, Path(workdir)))
+        else:
+            report(run(args, Path(workdir)), args)
     return 0
 
 
