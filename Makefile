@@ -91,7 +91,7 @@ lint: venv
 # starting a control plane (so the Go build is skipped too).
 demo: venv system-deps helm images $(if $(KUBECONFIG),,cluster-binary)
 	@$(BIN)/beatkeeper demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS)) \
-		$(if $(KUBECONFIG),--cluster $(KUBECONFIG))
+		$(if $(KUBECONFIG),--cluster $(KUBECONFIG)) $(if $(DEMO_PROMETHEUS),--prometheus)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -35,6 +35,7 @@ def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
     from beatkeeper.devenv.environment import local_environment
     from beatkeeper.devenv.kube import install_crds
     from beatkeeper.devenv.system import start_system
+    from beatkeeper.operator.deployments import METRICS_PORT
 
     dev = settings.dev
     kubeconfig = args.kubeconfig or dev.state_dir / "kubeconfig"
@@ -55,7 +56,10 @@ def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
             if args.only is None:
                 install_crds(env.kubeconfig, dev.crds_dir)
                 _say("CRDs installed: scheduledtasks.beatkeeper.dev, workerpools.beatkeeper.dev")
-                start_system(env, _say)
+                system = start_system(env, _say)
+                _say(f"metrics: operator {system.operator_metrics}, beat {system.beat_metrics}")
+                pods = f":{METRICS_PORT}/metrics (kubectl get pods -o wide)"
+                _say(f"  each WorkerPool pod serves {pods}")
             _say(f"kubeconfig: {env.kubeconfig}")
             if env.node:
                 _say(f"node: {env.node} (containerd, kubelet, kube-scheduler, kube-proxy, DNS)")
@@ -98,6 +102,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
             progress,
             seconds=args.seconds,
             external_kubeconfig=args.cluster or settings.dev.external_kubeconfig,
+            prometheus=args.prometheus,
         )
     except _Stop as stop:
         _say(f"{stop} while starting: stopped every process the demo started")
@@ -184,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="KUBECONFIG",
         help="use this existing cluster instead of starting a control plane",
+    )
+    demo.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run Prometheus (Debian's) on 127.0.0.1, scraping the annotated pods",
     )
     demo.set_defaults(run=_demo)
     runs = commands.add_parser(

@@ -36,6 +36,7 @@ from beatkeeper.devenv.environment import Environment, local_environment
 from beatkeeper.devenv.helm import Helm, ensure_helm
 from beatkeeper.devenv.images import ensure_images
 from beatkeeper.devenv.kube import kubectl
+from beatkeeper.devenv.prometheus import start_prometheus, targets, value, write_targets
 from beatkeeper_core.settings import DevSettings
 
 NAMESPACE = "demo"
@@ -223,10 +224,63 @@ def print_summary(result: dict[str, Any]) -> None:
     runs = ", ".join(f"{state} {count}" for state, count in result["runs_by_state"].items())
     print(f"runs: {runs}; retries: {result['retries']}")
     print(f"the health endpoint answered {result['endpoint_hits']} checks")
+    if "prometheus" in result:
+        print(
+            f"prometheus ({result['prometheus']}): {result['targets_up']} targets up; runs "
+            + ", ".join(f"{k} {v:.0f}" for k, v in result["runs_by_state_in_prometheus"].items())
+        )
     print(f"scale events: {len(result['scale_events'])}")
     for message in result["scale_events"][-8:]:
         print(f"  {message}")
     print(json.dumps({"demo": "summary", **result}))
+
+
+def _pods(env: Environment) -> list[dict[str, Any]]:
+    found = kubectl(env.kubeconfig, "get", "pods", "-A", "-o", "json", check=False)
+    return list(json.loads(found.stdout)["items"]) if found.returncode == 0 else []
+
+
+def metrics_endpoints(env: Environment) -> list[str]:
+    """The /metrics URL of every pod that says where it serves them (its scrape annotations)."""
+    urls = []
+    for pod in _pods(env):
+        meta, status = pod["metadata"], pod.get("status") or {}
+        notes = meta.get("annotations") or {}
+        if notes.get("prometheus.io/scrape") != "true" or not status.get("podIP"):
+            continue
+        path = notes.get("prometheus.io/path", "/metrics")
+        urls.append(f"{meta['namespace']}/{meta['name']}: http://{status['podIP']}:"
+                    f"{notes.get('prometheus.io/port', '80')}{path}")  # fmt: skip
+    return sorted(urls)
+
+
+def start_demo_prometheus(env: Environment, workdir: Path, say: Say, stop: threading.Event) -> str:
+    """Debian's Prometheus on 127.0.0.1; a thread keeps its target list at the annotated
+    pods (workers come and go as pools scale)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    targets_file = workdir / "pods.json"
+    write_targets(targets_file, _pods(env))
+    _, url = start_prometheus(env.supervisor, workdir, {}, targets_file=targets_file)
+
+    def follow() -> None:
+        while not stop.wait(2.0):
+            try:
+                write_targets(targets_file, _pods(env))
+            except OSError:  # the demo is over: its directory is gone
+                return
+
+    threading.Thread(target=follow, name="prometheus-targets", daemon=True).start()
+    say(f"prometheus: {url} (targets: {url}/targets, alerts: {url}/alerts)")
+    return url
+
+
+def prometheus_summary(url: str) -> dict[str, Any]:
+    up = [t for t in targets(url) if t["health"] == "up"]
+    totals = {
+        state: value(url, f'sum(beatkeeper_scheduledtask_runs_total{{state="{state}"}})') or 0
+        for state in ("Succeeded", "Failed", "Missed", "Skipped")
+    }
+    return {"prometheus": url, "targets_up": len(up), "runs_by_state_in_prometheus": totals}
 
 
 def run_demo(
@@ -235,6 +289,7 @@ def run_demo(
     *,
     seconds: float | None,
     external_kubeconfig: Path | None = None,
+    prometheus: bool = False,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary. Every process it starts is stopped on return."""
     repo = settings.crds_dir.parent
@@ -265,8 +320,16 @@ def run_demo(
                 say(f"applied {names} in namespace {NAMESPACE}")
                 say(f"kubeconfig: {env.kubeconfig}")
                 say(f"logs: {env.log_dir}")
+                for endpoint in metrics_endpoints(env):
+                    say(f"metrics: {endpoint}")
+                scraper = None
+                if prometheus:
+                    workdir = Path(helm_home) / "prometheus"
+                    scraper = start_demo_prometheus(env, workdir, say, stop)
                 live_view(env, seconds, stop)
                 result = summary(env)
+                if scraper is not None:
+                    result.update(prometheus_summary(scraper))
                 print_summary(result)
         finally:
             if not env.local_cluster:  # leave the cluster as it was

@@ -28,15 +28,55 @@ class PrometheusMissing(RuntimeError):
     pass
 
 
-def config(targets: Mapping[str, Sequence[str]], rules: Path | None) -> dict[str, Any]:
-    """A scrape config with one job per component; `targets` are host:port addresses."""
+def pods_job(targets_file: Path) -> dict[str, Any]:
+    """Pods found by whoever keeps `targets_file` current (file-based discovery: Debian's
+    build of Prometheus has no Kubernetes discovery)."""
+    return {
+        "job_name": "pods",
+        "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "2s"}],
+    }
+
+
+def write_targets(path: Path, pods: Sequence[Mapping[str, Any]]) -> int:
+    """Write the scrape targets of the pods with prometheus.io/scrape annotations, in
+    Prometheus's file_sd format (atomically); returns how many."""
+    groups = []
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        notes = meta.get("annotations") or {}
+        if notes.get("prometheus.io/scrape") != "true" or status.get("phase") != "Running":
+            continue
+        if not status.get("podIP"):
+            continue
+        labels = {
+            "kubernetes_namespace": meta["namespace"],
+            "pod": meta["name"],
+            "component": (meta.get("labels") or {}).get("app.kubernetes.io/component", ""),
+            "__metrics_path__": notes.get("prometheus.io/path", "/metrics"),
+        }
+        port = notes.get("prometheus.io/port", "80")
+        groups.append({"targets": [f"{status['podIP']}:{port}"], "labels": labels})
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(groups))
+    partial.rename(path)
+    return len(groups)
+
+
+def config(
+    targets: Mapping[str, Sequence[str]], rules: Path | None, targets_file: Path | None = None
+) -> dict[str, Any]:
+    """One job per component (`targets`: host:port addresses), and with `targets_file`
+    a job of the pods listed there."""
+    jobs: list[dict[str, Any]] = [
+        {"job_name": job, "static_configs": [{"targets": list(addresses)}]}
+        for job, addresses in targets.items()
+    ]
+    if targets_file is not None:
+        jobs.append(pods_job(targets_file))
     return {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules)] if rules else [],
-        "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": list(addresses)}]}
-            for job, addresses in targets.items()
-        ],
+        "scrape_configs": jobs,
     }
 
 
@@ -48,6 +88,7 @@ def start_prometheus(
     executable: str = "prometheus",
     port: int | None = None,
     rules: Path | None = RULES_FILE,
+    targets_file: Path | None = None,
 ) -> tuple[Component, str]:
     """Start Prometheus on 127.0.0.1; return the component and its base URL."""
     if shutil.which(executable) is None:
@@ -56,7 +97,7 @@ def start_prometheus(
         )
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config(targets, rules)))
+    path.write_text(yaml.safe_dump(config(targets, rules, targets_file)))
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     component = supervisor.start(
@@ -106,8 +147,14 @@ def value(url: str, expr: str) -> float | None:
     return float(result[0]["value"][1])
 
 
-def targets_up(url: str) -> dict[str, str]:
-    """Each scrape target's job and health (up, down, unknown)."""
+def targets(url: str) -> list[dict[str, Any]]:
+    """The active scrape targets, as Prometheus reports them."""
     with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=10) as answer:  # noqa: S310
         body = json.loads(answer.read())
-    return {t["labels"]["job"]: t["health"] for t in body["data"]["activeTargets"]}
+    found: list[dict[str, Any]] = body["data"]["activeTargets"]
+    return found
+
+
+def targets_up(url: str) -> dict[str, str]:
+    """Each scrape target's job and health (up, down, unknown)."""
+    return {t["labels"]["job"]: t["health"] for t in targets(url)}

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from beatkeeper.devenv.cluster import free_port
 from beatkeeper.devenv.environment import Environment
 from beatkeeper.devenv.kube import kubectl
 from beatkeeper.devenv.processes import Component, wait_until
@@ -26,6 +27,8 @@ WEBHOOK_CONFIG = "beatkeeper.dev"
 class System:
     operator: Component
     beat: Component
+    operator_metrics: str  # the /metrics URLs
+    beat_metrics: str
 
 
 def system_env(env: Environment, **extra: str) -> dict[str, str]:
@@ -78,8 +81,14 @@ def start_beat(env: Environment, name: str = "beat", **extra: str) -> Component:
 def start_system(env: Environment, progress: Callable[[str], None] = lambda _m: None) -> System:
     started = time.monotonic()
     progress("starting the operator (kopf, admission webhook on 127.0.0.1)")
-    operator = start_operator(env)
+    operator_port, beat_port = free_port(), free_port()
+    operator = start_operator(env, BEATKEEPER_METRICS_PORT=str(operator_port))
     progress(f"operator ready in {time.monotonic() - started:.1f} s; starting beat")
-    beat = start_beat(env)
+    beat = start_beat(env, BEATKEEPER_BEAT_METRICS_PORT=str(beat_port))
     progress(f"beat holds the schedule lock after {time.monotonic() - started:.1f} s")
-    return System(operator=operator, beat=beat)
+    return System(
+        operator=operator,
+        beat=beat,
+        operator_metrics=f"http://127.0.0.1:{operator_port}/metrics",
+        beat_metrics=f"http://127.0.0.1:{beat_port}/metrics",
+    )
