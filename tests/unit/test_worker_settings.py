@@ -86,7 +86,7 @@ def test_celery_config_is_json_only_acks_late_and_sends_events() -> None:
     assert config["task_reject_on_worker_lost"] is True
     assert config["worker_prefetch_multiplier"] == 3
     assert config["worker_send_task_events"] is True
-    assert config["task_send_sent_event"] is True
+    assert config["task_send_sent_event"] is False  # it would name the entry task
     assert config["result_backend"] is None
     assert config["broker_use_ssl"] is None
     assert config["broker_transport_options"] == {

@@ -83,7 +83,8 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "worker_pool": settings.pool,
         "task_default_queue": settings.queue or "celery",
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # A task-sent event would name the entry task, not the user's (see taskevents.py).
+        "task_send_sent_event": False,
         # Keep running tasks through a broker blip: their leases say who owns
         # them, and the redelivery of an unacked message is dropped by the claim.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
@@ -124,6 +125,8 @@ def register_entry_task(app: Any, runtime: WorkerRuntime) -> None:
         Request=RunRequest,
         ignore_result=True,
         typing=False,
+        # The executor sends the task events, under the user's task name (taskevents.py).
+        send_events=False,
     )
     def run(task: Any, envelope: object) -> str:
         return runtime.executor().execute(envelope, task.request.hostname)

@@ -46,6 +46,7 @@ from beatkeeper_worker.errors import PermanentError
 from beatkeeper_worker.leases import Lease, LeaseKeeper, RunStopped
 from beatkeeper_worker.retries import RetryPlan, plan_retry
 from beatkeeper_worker.runs import Claim, HeldLease, Replaced, RunRegistry
+from beatkeeper_worker.taskevents import TaskEvents
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,14 @@ class Executor:
         self._rng = rng
         self._queue = settings.queue
         self._metrics = metrics.worker() if settings.metrics_port else None
+        self._events: TaskEvents | None = None
 
     def execute(self, payload: object, worker: str) -> str:
         envelope = parse_envelope(payload)
         if envelope is None:
             return "invalid"
+        if self._events is None:
+            self._events = TaskEvents(self._app, worker)
         now = self._clock()
         owner = f"{worker}:{os.getpid()}:{uuid.uuid4().hex}"
         claimed_at = time.monotonic()  # the lease is good until lease_seconds after this
@@ -124,6 +128,9 @@ class Executor:
             log.warning("run %s refused: %s", envelope.run_id, message)
             if self._metrics is not None:
                 self._metrics.refused.labels(reason).inc()
+            if self._events is not None:
+                self._events.received(envelope)
+                self._events.failed(envelope, f"{reason}: {message}")
             record = records.failed(envelope, now, reason, message, worker=worker)
             return self._registry.finish(envelope, self._queue, record)
         return self._registry.claim(
@@ -151,9 +158,7 @@ class Executor:
             confirmed_at=claimed,
         )
         token = _CURRENT.set(envelope)
-        label = metrics.task_label(envelope.task.name, self._app.tasks)
-        if self._metrics is not None:
-            self._metrics.runs_started.labels(label).inc()
+        label = self._observe_start(envelope)
         began = time.monotonic()
         try:
             with self._keeper.hold(lease):
@@ -162,8 +167,7 @@ class Executor:
                 task.run(*envelope.task.args, **envelope.task.kwargs)
         except RunStopped:
             log.warning("run %s stopped: its lease was taken over", envelope.run_id)
-            if self._metrics is not None:
-                self._metrics.leases_lost.inc()
+            self._observe_stop(envelope)
             return "stopped"
         except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
             outcome = self._time_limited(envelope, started, worker, exc)
@@ -175,14 +179,51 @@ class Executor:
             outcome = Outcome(records.succeeded(envelope, started, self._clock(), worker))
         finally:
             _CURRENT.reset(token)
-        if self._metrics is not None:
-            self._metrics.run_duration.labels(label).observe(time.monotonic() - began)
+        ran = time.monotonic() - began
         result = self._settle(envelope, owner, outcome, lease.confirmed_at)
-        if self._metrics is not None and result == outcome.record.state.value:
-            self._metrics.runs_finished.labels(label, result).inc()
-            if outcome.retry is not None:
-                self._metrics.retries.labels(label).inc()
+        self._observe_end(envelope, label, outcome, result, ran)
         return result
+
+    # Metrics and task events: what monitoring sees of an attempt.
+
+    def _observe_start(self, envelope: RunEnvelope) -> str:
+        label = metrics.task_label(envelope.task.name, self._app.tasks)
+        if self._metrics is not None:
+            self._metrics.runs_started.labels(label).inc()
+        if self._events is not None:
+            self._events.received(envelope)
+            self._events.started(envelope)
+        return label
+
+    def _observe_stop(self, envelope: RunEnvelope) -> None:
+        if self._metrics is not None:
+            self._metrics.leases_lost.inc()
+        if self._events is not None:
+            self._events.revoked(envelope)
+
+    def _observe_end(
+        self, envelope: RunEnvelope, label: str, outcome: Outcome, result: str, ran: float
+    ) -> None:
+        written = result == outcome.record.state.value
+        if self._metrics is not None:
+            self._metrics.run_duration.labels(label).observe(ran)
+            if written:
+                self._metrics.runs_finished.labels(label, result).inc()
+                if outcome.retry is not None:
+                    self._metrics.retries.labels(label).inc()
+        if self._events is not None and written:
+            self._report(envelope, outcome, ran)
+
+    def _report(self, envelope: RunEnvelope, outcome: Outcome, ran: float) -> None:
+        """The attempt's last task event, once its outcome is written."""
+        assert self._events is not None
+        record = outcome.record
+        if record.state is RunState.SUCCEEDED:
+            self._events.succeeded(envelope, ran)
+        elif record.state is RunState.RETRYING:
+            self._events.retried(envelope, record.message)
+        else:
+            self._events.failed(envelope, f"{record.reason}: {record.message}")
 
     def _deadlines(self, envelope: RunEnvelope) -> tuple[float | None, float | None]:
         # The prefork pool enforces the limits itself (they travel in the message).
