@@ -67,7 +67,7 @@ test: venv system-deps cluster-binary helm kubeconform health-checker images
 	$(BIN)/python -m pytest -m "not own_node" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m own_node $(PYTEST_ARGS)
 
-test-unit: venv helm kubeconform
+test-unit: venv system-deps helm kubeconform
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 test-integration: venv system-deps
