@@ -103,6 +103,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
             seconds=args.seconds,
             external_kubeconfig=args.cluster or settings.dev.external_kubeconfig,
             prometheus=args.prometheus,
+            screenshot_to=args.screenshot,
         )
     except _Stop as stop:
         _say(f"{stop} while starting: stopped every process the demo started")
@@ -194,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--prometheus",
         action="store_true",
         help="also run Prometheus (Debian's) on 127.0.0.1, scraping the annotated pods",
+    )
+    demo.add_argument(
+        "--screenshot",
+        type=Path,
+        metavar="PNG",
+        help="with Prometheus: render its graphs of the dashboard's key queries with headless "
+        "Chromium into PNG at the end (docs/monitoring.png is made so)",
     )
     demo.set_defaults(run=_demo)
     runs = commands.add_parser(

@@ -36,7 +36,13 @@ from beatkeeper.devenv.environment import Environment, local_environment
 from beatkeeper.devenv.helm import Helm, ensure_helm
 from beatkeeper.devenv.images import ensure_images
 from beatkeeper.devenv.kube import kubectl
-from beatkeeper.devenv.prometheus import start_prometheus, targets, value, write_targets
+from beatkeeper.devenv.prometheus import (
+    screenshot,
+    start_prometheus,
+    targets,
+    value,
+    write_targets,
+)
 from beatkeeper_core.settings import DevSettings
 
 NAMESPACE = "demo"
@@ -290,6 +296,7 @@ def run_demo(
     seconds: float | None,
     external_kubeconfig: Path | None = None,
     prometheus: bool = False,
+    screenshot_to: Path | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary. Every process it starts is stopped on return."""
     repo = settings.crds_dir.parent
@@ -323,13 +330,17 @@ def run_demo(
                 for endpoint in metrics_endpoints(env):
                     say(f"metrics: {endpoint}")
                 scraper = None
-                if prometheus:
+                if prometheus or screenshot_to is not None:
                     workdir = Path(helm_home) / "prometheus"
                     scraper = start_demo_prometheus(env, workdir, say, stop)
                 live_view(env, seconds, stop)
                 result = summary(env)
                 if scraper is not None:
                     result.update(prometheus_summary(scraper))
+                if scraper is not None and screenshot_to is not None:
+                    say(
+                        f"screenshot of the Prometheus graphs: {screenshot(scraper, screenshot_to)}"
+                    )
                 print_summary(result)
         finally:
             if not env.local_cluster:  # leave the cluster as it was

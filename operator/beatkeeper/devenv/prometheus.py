@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -158,3 +160,58 @@ def targets(url: str) -> list[dict[str, Any]]:
 def targets_up(url: str) -> dict[str, str]:
     """Each scrape target's job and health (up, down, unknown)."""
     return {t["labels"]["job"]: t["health"] for t in targets(url)}
+
+
+# The dashboard's key panels, as Prometheus graph panels (the README's screenshot).
+SCREENSHOT_QUERIES = (
+    "sum by (state) (increase(beatkeeper_scheduledtask_runs_total[2m]))",
+    "sum by (workerpool) (beatkeeper_pool_backlog)",
+    "sum by (workerpool) (beatkeeper_pool_replicas_desired)",
+    "sum by (task, state) (rate(beatkeeper_worker_runs_finished_total[1m]) * 60)",
+    "histogram_quantile(0.99, sum by (le) "
+    "(rate(beatkeeper_beat_fire_lateness_seconds_bucket[1m])))",
+)
+
+
+def graph_url(url: str, queries: Sequence[str], minutes: int = 5) -> str:
+    params: dict[str, str] = {}
+    for i, expr in enumerate(queries):
+        params.update({f"g{i}.expr": expr, f"g{i}.tab": "0", f"g{i}.range_input": f"{minutes}m"})
+    return f"{url}/graph?{urllib.parse.urlencode(params)}"
+
+
+def screenshot(
+    url: str, path: Path, queries: Sequence[str] = SCREENSHOT_QUERIES, chromium: str = "chromium"
+) -> Path:
+    """Render Prometheus's graph page for `queries` with headless Chromium into `path` (PNG).
+
+    Chromium loads only the local Prometheus page (no other network, no profile kept).
+    """
+    if shutil.which(chromium) is None:
+        raise PrometheusMissing(f"{chromium} not found; install it with: apt-get install chromium")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="beatkeeper-chromium-") as profile:
+        subprocess.run(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",  # root here; the page is our own Prometheus on loopback
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                # Tall enough for every panel: a page taller than the window scrolls to
+                # the focused query field and the shot misses the top.
+                f"--window-size=1400,{160 + 760 * len(queries)}",
+                "--virtual-time-budget=15000",
+                f"--screenshot={path}",
+                graph_url(url, queries),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    return path
