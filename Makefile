@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
-# Each installs what it needs (.venv/, pip packages, Debian packages: redis-server and the
-# node's containerd, runc, CNI plugins, buildah, debootstrap; the Go builds of the control
+# Each installs what it needs (.venv/, pip packages, Debian packages: redis-server, prometheus
+# and the node's containerd, runc, CNI plugins, buildah, debootstrap; the Go builds of the control
 # plane, CoreDNS, helm, kubeconform and the GitOps health checker; the images), cached under
 # ~/.cache/beatkeeper, and is quick once
 # it exists.
