@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
+from worker_helpers import scrape
 
 from beatkeeper.devenv.cluster import free_port
 from beatkeeper.devenv.netproxy import Partition
@@ -169,22 +168,12 @@ def test_downtime_catch_up_runs_latest_and_records_missed(beats: Beats) -> None:
     run_ids = [r.run_id for r in records if r.state in ("Pending", "Missed")]
     assert len(run_ids) == len(set(run_ids))
     # beat's /metrics says the same (parsed with prometheus-client's parser).
-    samples = beat_metrics(port)
+    samples = scrape(port)
     assert samples[("beatkeeper_beat_missed_slots_total", ())] == len(missed)
     assert samples[("beatkeeper_beat_fires_total", (("trigger", "catch-up"),))] == 1
     assert samples[("beatkeeper_beat_fires_total", (("trigger", "schedule"),))] >= len(on_time)
     assert samples[("beatkeeper_beat_lock_held", ())] == 1
     assert samples[("beatkeeper_beat_lock_acquisitions_total", ())] == 1
-
-
-def beat_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_standby_takes_over_when_the_active_beat_is_killed(beats: Beats) -> None:

@@ -3,24 +3,11 @@ multiprocess mode), served by the main process, parsed with prometheus-client's 
 
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from worker_helpers import Runs, Workers
+from worker_helpers import Runs, Workers, scrape
 
 from beatkeeper.devenv.cluster import free_port
 from beatkeeper_core.contract import RetryPolicy, RunState
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

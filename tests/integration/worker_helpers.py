@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from beatkeeper.devenv.processes import Component, Supervisor, wait_until
 from beatkeeper_core.contract import (
@@ -180,3 +182,18 @@ def make_runs(redis_url: str, queue: str) -> Iterator[Runs]:
     finally:
         client.close()
         app.close()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    """A /metrics endpoint on 127.0.0.1, parsed by prometheus-client's own parser:
+    (sample name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
