@@ -74,7 +74,14 @@ def test_prometheus_sees_exactly_the_runs_that_happened(
     tmp_path: Path,
 ) -> None:
     url, worker_port = prometheus
-    eventually(lambda: targets_up(url).get("beat") == "up", timeout=30)
+
+    def baselines_scraped() -> bool:
+        """Prometheus has scraped the operator and beat (the baselines below are theirs)"""
+        up = targets_up(url)
+        parked = value(url, "beatkeeper_operator_run_records_parked")
+        return up.get("beat") == up.get("operator") == "up" and parked is not None
+
+    eventually(baselines_scraped, timeout=30)
     fires_before = value(url, 'sum(beatkeeper_beat_fires_total{trigger="schedule"})') or 0
     fired_before = value(url, "sum(beatkeeper_beat_fire_lateness_seconds_count)") or 0
     prompt = 'sum(beatkeeper_beat_fire_lateness_seconds_bucket{le="1.0"})'
