@@ -33,6 +33,15 @@ def resolver(*addresses: str) -> Any:
         "100.100.100.200",  # Alibaba Cloud metadata
         "fe80::1",  # IPv6 link-local
         "::ffff:169.254.169.254",  # IPv4-mapped form of the same
+        "::ffff:a9fe:a9fe",  # the same, written in hex
+        "64:ff9b::169.254.169.254",  # NAT64, well-known prefix (RFC 6052)
+        "64:ff9b::a9fe:a9fe",  # the same, in hex
+        "64:ff9b:1::a9fe:a9fe",  # NAT64, local-use prefix (RFC 8215)
+        "::169.254.169.254",  # IPv4-compatible (deprecated, still parsed)
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "::ffff:100.100.100.200",  # Alibaba's metadata, mapped
+        "64:ff9b::6464:64c8",  # the same through NAT64
+        "::ffff:169.254.1.2",  # any mapped IPv4 link-local
     ],
 )
 def test_refused_addresses(address: str) -> None:
@@ -109,3 +118,17 @@ def test_json_bodies_get_a_content_type_unless_given() -> None:
     assert kept == {"content-type": "application/vnd.x+json"}
     assert _encode_body("raw", {}) == b"raw"
     assert _encode_body(None, {}) is None
+
+
+@pytest.mark.parametrize(
+    "address", ["64:ff9b::5db8:d822", "::ffff:93.184.216.34", "2002:5db8:d822::1", "::1"]
+)
+def test_embedded_ordinary_addresses_are_not_refused(address: str) -> None:
+    target = resolve_target("http://ok.example/", (), resolver(address))
+    assert target.addresses == (address,)
+
+
+def test_an_allowed_ipv4_network_covers_its_ipv6_forms() -> None:
+    for address in ("::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1"):
+        target = resolve_target("http://meta.example/", ("169.254.0.0/16",), resolver(address))
+        assert target.addresses == (address,)

@@ -49,10 +49,34 @@ def normalize_host(host: str) -> str:
     return host.strip().strip("[]").rstrip(".").lower()
 
 
+# IPv6 forms that carry an IPv4 address a packet may end up at: NAT64's well-known
+# and local-use prefixes (RFC 6052, RFC 8215) and the deprecated IPv4-compatible form.
+# (IPv4-mapped and 6to4 are read by the ipaddress module itself.)
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def normalize_address(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 address stands for, if it embeds one; else itself."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    low32 = int(address) & 0xFFFFFFFF
+    if any(address in net for net in NAT64):
+        return ipaddress.IPv4Address(low32)
+    if address in IPV4_COMPATIBLE and int(address) > 1:  # not :: or ::1
+        return ipaddress.IPv4Address(low32)
+    return address
+
+
 def refused_address(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address in METADATA_ADDRESSES or any(address in net for net in LINK_LOCAL)
+    candidates = {address, normalize_address(address)}
+    return any(
+        each in METADATA_ADDRESSES or any(each in net for net in LINK_LOCAL) for each in candidates
+    )
 
 
 def allowed_explicitly(host: str, address: IPAddress | None, allowed_hosts: Iterable[str]) -> bool:
@@ -64,10 +88,11 @@ def allowed_explicitly(host: str, address: IPAddress | None, allowed_hosts: Iter
         if address is None:
             continue
         try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
+            network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
             continue
+        if address in network or normalize_address(address) in network:
+            return True
     return False
 
 
