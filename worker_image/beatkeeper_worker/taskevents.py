@@ -119,7 +119,3 @@ class TaskEvents:
         while self._pid == pid:
             time.sleep(FLUSH_SECONDS)
             self.flush()
-
-
-def elapsed_since(started: float) -> float:
-    return max(0.0, time.monotonic() - started)
