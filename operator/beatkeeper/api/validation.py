@@ -10,6 +10,7 @@ gets stored while the webhook is down.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import functools
 import ipaddress
@@ -72,10 +73,41 @@ def _pydantic_message(error: Mapping[str, Any]) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
 
 
-def _from_pydantic(error: ValidationError, root: str) -> InvalidSpec:
-    return InvalidSpec(
-        FieldError(_path(tuple(e["loc"]), root), _pydantic_message(e)) for e in error.errors()
-    )
+# pydantic reports a value that fits no member of a union once per member, at the
+# value's path plus the member's name: an int-or-string quantity `limits.cpu: [1]` at
+# `limits.cpu.int` and `limits.cpu.str`, fields that do not exist. Such an error is
+# told by its path, which ends one step past a value of the input, not at one.
+_UNION_MEMBERS = {"int": "an integer", "str": "a string"}
+
+
+def _holds(raw: Any, loc: tuple[int | str, ...]) -> bool:
+    """Is there a value at `loc` in the input?"""
+    value = raw
+    for part in loc:
+        if isinstance(value, Mapping):
+            found = isinstance(part, str) and part in value
+        else:
+            found = isinstance(value, list | tuple) and isinstance(part, int) and part < len(value)
+        if not found:
+            return False
+        value = value[part]
+    return True
+
+
+def _from_pydantic(error: ValidationError, root: str, raw: Any) -> InvalidSpec:
+    errors: list[FieldError] = []
+    misses: dict[str, tuple[int, list[str]]] = {}  # path -> (index in errors, union members)
+    for e in error.errors():
+        loc = tuple(e["loc"])
+        if e["type"] != "missing" and loc and not _holds(raw, loc) and _holds(raw, loc[:-1]):
+            path = _path(loc[:-1], root)
+            index, members = misses.setdefault(path, (len(errors), []))
+            members.append(_UNION_MEMBERS.get(str(loc[-1]), str(loc[-1])))
+            merged = FieldError(path, "must be " + " or ".join(members))
+            errors[index : index + 1] = [merged]
+        else:
+            errors.append(FieldError(_path(loc, root), _pydantic_message(e)))
+    return InvalidSpec(errors)
 
 
 def _plain(value: Any) -> Any:
@@ -135,22 +167,42 @@ def parse_scheduled_task(raw: Mapping[str, Any] | None) -> ScheduledTaskSpec:
     Cached by the spec's JSON: every resync re-reads thousands of unchanged
     specs, and the models are immutable, so sharing them is safe.
     """
-    return _parse_scheduled_task_json(json.dumps(_plain(raw or {}), sort_keys=True))
+    return _parse_scheduled_task_json(
+        json.dumps(_plain({} if raw is None else raw), sort_keys=True)
+    )
 
 
 @functools.lru_cache(maxsize=20_000)
 def _parse_scheduled_task_json(text: str) -> ScheduledTaskSpec:
     raw = json.loads(text)
-    errors = schedule_errors(raw)
+    errors = schedule_errors(raw) if isinstance(raw, dict) else []  # else: "spec: ... object"
     try:
         spec = _strict(ScheduledTaskSpec, raw)
     except ValidationError as error:
         known = {e.path for e in errors}
-        errors += [e for e in _from_pydantic(error, "spec").errors if e.path not in known]
+        errors += [e for e in _from_pydantic(error, "spec", raw).errors if e.path not in known]
         raise InvalidSpec(errors) from None
+    errors += _instant_errors(spec)
     if errors:
         raise InvalidSpec(errors)
     return spec
+
+
+def _instant_errors(spec: ScheduledTaskSpec) -> list[FieldError]:
+    """A one-off `at` is kept and compared in UTC, which has the years 1 to 9999 only."""
+    if spec.at is None:
+        return []
+    try:
+        spec.at.astimezone(dt.UTC)
+    except OverflowError:
+        return [
+            FieldError(
+                "spec.at",
+                f"{_quoted(spec.at.isoformat())} is not between 0001-01-01T00:00:00Z and "
+                "9999-12-31T23:59:59Z",
+            )
+        ]
+    return []
 
 
 def task_allowed(task_name: str, allowed: Iterable[str]) -> bool:
@@ -196,13 +248,28 @@ def _glob_error(index: int, pattern: str) -> FieldError | None:
     return None
 
 
+def _env_errors(spec: WorkerPoolSpec) -> list[FieldError]:
+    """A core/v1 EnvVar's name is a string, and required: the Deployment's own
+    variables are matched by name against these."""
+    errors = []
+    for index, item in enumerate(spec.template.env if spec.template else ()):
+        path = f"spec.template.env[{index}].name"
+        if "name" not in item:
+            errors.append(FieldError(path, "is required"))
+        elif not isinstance(item["name"], str) or not item["name"]:
+            errors.append(FieldError(path, "must be a non-empty string"))
+    return errors
+
+
 def parse_worker_pool(raw: Mapping[str, Any] | None) -> WorkerPoolSpec:
+    raw = {} if raw is None else raw
     try:
-        spec = _strict(WorkerPoolSpec, raw or {})
+        spec = _strict(WorkerPoolSpec, raw)
     except ValidationError as error:
-        raise _from_pydantic(error, "spec") from None
+        raise _from_pydantic(error, "spec", raw) from None
     errors = [e for i, host in enumerate(spec.allowed_hosts) if (e := _host_error(i, host))]
     errors += [e for i, glob in enumerate(spec.allowed_tasks) if (e := _glob_error(i, glob))]
+    errors += _env_errors(spec)
     if errors:
         raise InvalidSpec(errors)
     return spec

@@ -28,8 +28,15 @@ def _unchanged(
 ) -> bool:
     # Metadata-only updates (finalizer removal, labels, run-now annotations) must
     # pass even for an object stored while the webhook was down, or it could
-    # never be deleted.
-    return operation == "UPDATE" and old_spec is not None and dict(spec or {}) == dict(old_spec)
+    # never be deleted. A spec that is not an object is never stored (the CRD
+    # schema refuses it); it is validated, and so refused, like any other.
+    new = {} if spec is None else spec
+    return (
+        operation == "UPDATE"
+        and isinstance(new, Mapping)
+        and isinstance(old_spec, Mapping)
+        and dict(new) == dict(old_spec)
+    )
 
 
 def _known_pool(pools: PoolSpecs, namespace: str, name: str) -> WorkerPoolSpec | None:
@@ -66,9 +73,11 @@ def scheduled_task_errors(
         parse_scheduled_task(spec)
     except InvalidSpec as error:
         errors += error.errors
-    pool_name = str((spec or {}).get("workerPool", ""))
+    if not isinstance(spec, Mapping):
+        return errors  # "spec: Input should be an object"
+    pool_name = str(spec.get("workerPool", ""))
     pool = _known_pool(pools, namespace, pool_name)
-    task = (spec or {}).get("task")
+    task = spec.get("task")
     task_name = task.get("name") if isinstance(task, Mapping) else None
     if pool is not None and isinstance(task_name, str):
         errors += task_errors(task_name, pool_name, pool)
