@@ -18,6 +18,7 @@ import redis
 
 from beatkeeper.api.base import GROUP, VERSION
 from beatkeeper.operator import loops, scheduledtasks, workerpools
+from beatkeeper.operator.access import AccessChecker
 from beatkeeper.operator.deployments import (
     APP_NAME,
     MANAGED_BY,
@@ -97,7 +98,11 @@ async def startup(
     memo["runtime"] = runtime
     tasks, pools = IndexView(scheduledtask_bodies), IndexView(workerpool_specs)
     registered = IndexView(workerpool_registered)
-    known = Known(pools=lambda: pools, tasks=lambda: tasks, registered=lambda: registered)
+    access = AccessChecker.for_client(runtime.kube.client)  # a WorkerPool author's rights
+    runtime.closers.append(access.close)
+    known = Known(
+        pools=lambda: pools, tasks=lambda: tasks, registered=lambda: registered, access=access
+    )
     memo["admission"] = await asyncio.to_thread(start_admission, config, runtime.kube, known)
     if config.metrics_port:
         memo["metrics"] = await asyncio.to_thread(serve_metrics, runtime, tasks, config)

@@ -9,7 +9,8 @@ creates took five times longer). Reviews are the pure functions of
 Paths: `/scheduledtask` and `/workerpool` (validating; the latter also sees
 `kubectl scale`, the scale subresource; both warn about what is admitted but will not
 work as written: fields a pool ignores, a narrowed allowedTasks under existing tasks,
-a task no worker of the pool registers), `/finalizer`
+a task no worker of the pool registers; `/workerpool` also refuses a pool whose
+author may not create what it creates, see `review_worker_pool`), `/finalizer`
 (mutating: adds Beatkeeper's finalizer to a new ScheduledTask, so no extra
 write per object is needed later). In local mode the server also creates the
 Validating/MutatingWebhookConfiguration `beatkeeper.dev` pointing at
@@ -33,6 +34,7 @@ from typing import Any
 
 from beatkeeper.api.base import GROUP, VERSION
 from beatkeeper.operator import admission
+from beatkeeper.operator.access import AccessChecker, pool_needs
 from beatkeeper.operator.indexes import tasks_of_pool
 
 logger = logging.getLogger(__name__)
@@ -48,11 +50,14 @@ def _nothing() -> Mapping[tuple[str, str], Any]:
 
 @dataclass(frozen=True)
 class Known:
-    """What the operator's indexes hold, read at each review, keyed (namespace, name)."""
+    """What the operator's indexes hold, read at each review, keyed (namespace, name),
+    and the access checker of WorkerPool authors (None: no access check, for reviews
+    tested as pure functions; the operator always sets it)."""
 
     pools: Lookup  # WorkerPool specs
     tasks: Lookup = _nothing  # ScheduledTask bodies
     registered: Lookup = _nothing  # per WorkerPool: the task names its workers register
+    access: AccessChecker | None = None
 
 
 def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -80,18 +85,43 @@ def review_scheduled_task(request: Mapping[str, Any], known: Known) -> dict[str,
 
 
 def review_worker_pool(request: Mapping[str, Any], known: Known) -> dict[str, Any]:
+    """Validation, then the author's rights (`beatkeeper.operator.access`), then warnings.
+
+    The author's rights are checked on CREATE and on an UPDATE that changes the spec,
+    whatever field changes: the operator then writes the Deployment. Not on an UPDATE
+    that leaves the spec as it was (labels, annotations, finalizer removal, kopf's
+    own writes), nor on `kubectl scale`: the scale subresource changes only the
+    replica count of what the pool's author was allowed to create, and the right it
+    needs, `update` on `workerpools/scale`, RBAC checks before this webhook is called.
+    """
     namespace, name = _where(request)
     if request.get("subResource") == "scale":
         return _verdict(admission.review_pool_scale(namespace, name, known.pools()))
+    operation = request.get("operation")
     spec, old_spec = _spec(request.get("object")), _spec(request.get("oldObject"))
-    message = admission.review_worker_pool(request.get("operation"), spec, old_spec)
-    answer = _verdict(message)
-    if message is None:
-        tasks = tasks_of_pool(known.tasks(), namespace, name) if old_spec is not None else []
-        warnings = admission.worker_pool_warnings(spec, old_spec, name, tasks)
-        if warnings:
-            answer["warnings"] = warnings
+    message = admission.review_worker_pool(operation, spec, old_spec)
+    if message is not None:
+        return _verdict(message)
+    if known.access is not None and _changes_spec(operation, spec, old_spec):
+        refusal = known.access.refusal(request.get("userInfo"), namespace, pool_needs(spec))
+        if refusal is not None:
+            return {"allowed": False, "status": refusal.status()}
+    answer: dict[str, Any] = {"allowed": True}
+    tasks = tasks_of_pool(known.tasks(), namespace, name) if old_spec is not None else []
+    warnings = admission.worker_pool_warnings(spec, old_spec, name, tasks)
+    if warnings:
+        answer["warnings"] = warnings
     return answer
+
+
+def _changes_spec(operation: object, spec: object, old_spec: object) -> bool:
+    if operation == "CREATE":
+        return True
+    if operation != "UPDATE":
+        return False
+    if not isinstance(spec, Mapping) or not isinstance(old_spec, Mapping):
+        return spec != old_spec
+    return dict(spec) != dict(old_spec)
 
 
 def add_finalizer(request: Mapping[str, Any], _known: Known) -> dict[str, Any]:
