@@ -9,6 +9,13 @@ certificates from the same CA (kubelet as `system:node:NAME`, checked by the
 Node authorizer; the apiserver reaches the kubelet with a client certificate of
 its own). Start order is etcd -> kube-apiserver -> kube-controller-manager;
 the supervisor stops them the other way.
+
+The apiserver writes an audit log (level Metadata: who did what to which
+resource, no bodies) of the requests of ServiceAccounts and of the group
+`AUDITED_GROUP` only, so the controllers', the node's and the admin's traffic
+never reaches it: the end-to-end tier reads it to measure which grants the
+operator really uses (tests/e2e/test_rbac_least_privilege.py). It lives in the
+control plane's work directory, goes with it, and rotates at 100 MB.
 """
 
 from __future__ import annotations
@@ -28,6 +35,19 @@ from beatkeeper.pki import CertificateAuthority, KeyPair, write_service_account_
 
 ADMIN_TOKEN = "admin-token"  # noqa: S105 - a local, loopback-only test cluster
 SERVICE_CIDR = "10.0.0.0/24"
+# Client-certificate users in this group (besides ServiceAccounts) are audited.
+AUDITED_GROUP = "beatkeeper:audited"
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    # ResponseStarted (a watch's opening) and ResponseComplete: each request at least once.
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "userGroups": [AUDITED_GROUP, "system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
+_AUDIT_LOG_MAX_MB, _AUDIT_LOG_BACKUPS = 100, 4
 _CONTROLLERS = [
     "deployment-controller",
     "replicaset-controller",
@@ -149,6 +169,11 @@ class LocalControlPlane:
     def with_node(self) -> bool:
         return self.address != "127.0.0.1"
 
+    @property
+    def audit_log(self) -> Path:
+        """The audit log; rotated files sit beside it as audit-TIMESTAMP.log."""
+        return self.workdir / "audit" / "audit.log"
+
     def prepare(self, kubeconfig: Path | None = None) -> Path:
         """Make the CA and the admin kubeconfig (before anything starts)."""
         self.ca = CertificateAuthority.create(self.pki)
@@ -159,15 +184,20 @@ class LocalControlPlane:
         )
         return self.kubeconfig
 
-    def node_credentials(self, node_name: str) -> NodeCredentials:
+    def user_kubeconfig(
+        self, name: str, user: str, groups: tuple[str, ...] = (), folder: str = "users"
+    ) -> Path:
+        """A kubeconfig for a client-certificate identity (user from CN, groups from O)."""
         assert self.ca is not None, "prepare() first"
-        ca, folder = self.ca, self.pki / "node"
+        directory = self.pki / folder
+        pair = self.ca.issue_client(directory, name, user, groups)
+        return write_kubeconfig(
+            directory / f"{name}.kubeconfig", self.server, self.ca.cert_pem, client=pair
+        )
 
+    def node_credentials(self, node_name: str) -> NodeCredentials:
         def kubeconfig(name: str, user: str, groups: tuple[str, ...] = ()) -> Path:
-            pair = ca.issue_client(folder, name, user, groups)
-            return write_kubeconfig(
-                folder / f"{name}.kubeconfig", self.server, ca.cert_pem, client=pair
-            )
+            return self.user_kubeconfig(name, user, groups, folder="node")
 
         return NodeCredentials(
             kubelet=kubeconfig("kubelet", f"system:node:{node_name}", ("system:nodes",)),
@@ -243,6 +273,9 @@ class LocalControlPlane:
         sa_key = write_service_account_key(pki / "sa.key")
         tokens = pki / "tokens.csv"
         tokens.write_text(f"{ADMIN_TOKEN},admin,admin,system:masters\n")
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        policy = self.audit_log.parent / "policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
         apiserver = self.supervisor.start(
             "kube-apiserver",
             [
@@ -265,6 +298,10 @@ class LocalControlPlane:
                 "--allow-privileged=true",
                 "--shutdown-delay-duration=0s",
                 f"--cert-dir={pki}",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                f"--audit-log-maxsize={_AUDIT_LOG_MAX_MB}",
+                f"--audit-log-maxbackup={_AUDIT_LOG_BACKUPS}",
                 *self._node_flags(ca),
             ],
         )

@@ -5,7 +5,10 @@ existing cluster's kubeconfig is given, a real node on it, and Redis), yields
 where they are, and on exit stops exactly the processes it started and removes
 its scratch state; the node's keeper takes back what the node changed on the
 machine. Component logs are kept under the state directory so that a failing
-test can point to them after the scratch state is gone.
+test can point to them after the scratch state is gone. A local control plane
+also gives out client-certificate identities (`Environment.user_kubeconfig`)
+and keeps an audit log of ServiceAccounts and of those identities in
+`cluster.AUDITED_GROUP` (`Environment.audit_log`, see `beatkeeper.devenv.cluster`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from beatkeeper.devenv.redis import start_redis
 from beatkeeper_core.settings import DevSettings
 
 Progress = Callable[[str], None]
+UserKubeconfig = Callable[[str, str, tuple[str, ...]], Path]  # (file name, user, groups)
 _KEPT_LOG_RUNS = 10
 
 
@@ -47,6 +51,9 @@ class Environment:
     supervisor: Supervisor
     images: dict[str, Built] = field(default_factory=dict)  # imported into the node
     node: str | None = None  # the node's name, when one runs
+    # A local control plane's: its audit log and a maker of client-certificate users.
+    audit_log: Path | None = None
+    user_kubeconfig: UserKubeconfig | None = None
 
     def kube_env(self) -> dict[str, str]:
         """os.environ for a child (kubectl, the operator) pointed at this cluster."""
@@ -92,12 +99,13 @@ def local_environment(
     supervisor = Supervisor(log_dir)
     scratch = Path(tempfile.mkdtemp(prefix="beatkeeper-"))
     images: dict[str, Built] = {}
+    plane: LocalControlPlane | None = None
     try:
         if external_kubeconfig is not None:
             config_path = external_kubeconfig
         elif node:
             images = ensure_images(settings, progress, extra_images)
-            config_path = _start_with_node(
+            plane = _start_with_node(
                 settings, scratch, supervisor, kubeconfig, images=images, progress=progress
             )
         else:
@@ -108,6 +116,7 @@ def local_environment(
                 "control plane (etcd, kube-apiserver, controller-manager)",
                 lambda: plane.start(kubeconfig),
             )
+        if plane is not None:
             assert plane.kubeconfig is not None
             config_path = plane.kubeconfig
         redis_url = None
@@ -128,6 +137,8 @@ def local_environment(
             supervisor=supervisor,
             images=images,
             node=NODE_NAME if node else None,
+            audit_log=plane.audit_log if plane is not None else None,
+            user_kubeconfig=plane.user_kubeconfig if plane is not None else None,
         )
     finally:
         supervisor.stop_all()
@@ -144,7 +155,7 @@ def _start_with_node(
     *,
     images: dict[str, Built],
     progress: Progress,
-) -> Path:
+) -> LocalControlPlane:
     """The node's network first (the apiserver binds to it), then the control plane."""
     started = time.monotonic()
     binary = ensure_cluster_binary(settings, progress)
@@ -178,4 +189,4 @@ def _start_with_node(
         f"node {NODE_NAME} Ready after {time.monotonic() - started:.1f} s "
         "(containerd, kubelet, kube-scheduler, kube-proxy, cluster DNS)"
     )
-    return config_path
+    return plane
