@@ -229,43 +229,71 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.watchNamespaces | uniq | sortAlpha | join "," }}
 {{- end }}
 
-{{/* The rules the operator needs on namespaced resources (Role or ClusterRole). */}}
+{{/*
+The rules the operator needs on namespaced resources (Role or ClusterRole). Each verb is
+one the operator or kopf really calls: tests/e2e/test_rbac_least_privilege.py reads the
+end-to-end tier's audit log and fails on a grant nothing used (or a call nothing grants).
+*/}}
 {{- define "beatkeeper.operator.namespacedRules" -}}
-# ScheduledTasks and WorkerPools: watch, finalizers and kopf's annotations (patch), status.
+# ScheduledTasks: kopf watches them and writes its annotations and finalizer (patch); the
+# operator reads one before it changes Beatkeeper's finalizer (get, then a patch that
+# carries the resourceVersion).
 - apiGroups: ["beatkeeper.dev"]
-  resources: ["scheduledtasks", "workerpools"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  resources: ["scheduledtasks"]
+  verbs: ["get", "list", "watch", "patch"]
+# WorkerPools: watched and annotated, never read one by one.
+- apiGroups: ["beatkeeper.dev"]
+  resources: ["workerpools"]
+  verbs: ["list", "watch", "patch"]
+# Status: JSON merge patches of the fields the operator owns.
 - apiGroups: ["beatkeeper.dev"]
   resources: ["scheduledtasks/status", "workerpools/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
+# The worker Deployment's ownerReference sets blockOwnerDeletion; where the
+# OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, hardened
+# clusters), creating it needs this right on the owning pool.
 - apiGroups: ["beatkeeper.dev"]
-  resources: ["scheduledtasks/finalizers", "workerpools/finalizers"]
+  resources: ["workerpools/finalizers"]
   verbs: ["update"]
-# Events on the objects (kopf posts core events; the operator's own may use events.k8s.io).
+# Core Events on the objects, kopf's and the operator's: a repeat of the same event is
+# read and its count patched, as client-go's recorder does.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-# One worker Deployment per WorkerPool, owned by the pool.
+  verbs: ["create", "get", "patch"]
+# One worker Deployment per WorkerPool: watched, created, server-side applied (patch) and
+# read back when a create races. Never deleted: it goes with its pool (owner reference).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Worker pods: read-only, for readiness and scale-down decisions.
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Worker pods: watched, to say why a pool's pods cannot start.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+# Each namespace's Redis credential Secret (Redis tenancy): the operator writes it when the
+# namespace's first WorkerPool comes and on rotation. It never reads or lists Secrets.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "update"]
 {{- end }}
 
-{{/* Cluster-scoped discovery kopf needs in both modes. */}}
+{{/* Cluster-scoped: what kopf needs to discover its resources, and the webhook's reviews. */}}
 {{- define "beatkeeper.operator.clusterRules" -}}
+# kopf lists the CRDs at startup and watches them for changes to the kinds it serves.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+# Watching a list of namespaces, kopf lists and watches namespaces to follow them
+# (cluster-wide, it does not).
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- end }}
+# The admission webhook asks whether a WorkerPool's author may create what the pool
+# creates (SubjectAccessReview): no confused deputy.
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["subjectaccessreviews"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* The pod-level security context every Beatkeeper pod uses. */}}
