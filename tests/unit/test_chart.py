@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import os
 import re
 import subprocess
@@ -115,6 +116,7 @@ WRONG_VALUES = {
     "imagePullPolicy=Always": "Additional property imagePullPolicy is not allowed",
     "redis.external.existingSecret=": "redis.external.existingSecret: String length must be",
     "flower.enabled=true": "flower.basicAuth.existingSecret: String length must be",
+    "redis.bundled.auth.passwordSeed=short": "redis.bundled.auth.passwordSeed: Does not match",
 }
 
 
@@ -377,3 +379,100 @@ def test_flower_uses_the_secret_and_no_default_password(helm: Path) -> None:
     image = operator["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == f"registry.example.com/beatkeeper-operator@sha256:{'0123456789abcdef' * 4}"
     assert not [d for d in render(helm) if "flower" in d["metadata"]["name"]]
+
+
+# Stable renders: what `helm template` (Argo CD) shows must not change from one sync to the next
+
+WEBHOOK_TLS = f"{RELEASE}-beatkeeper-webhook-tls"
+
+
+def without_generated_webhook_certificate(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents, less the CA and serving certificate the chart makes (see below)."""
+    for doc in docs:
+        if doc["kind"] == "Secret" and doc["metadata"]["name"] == WEBHOOK_TLS:
+            doc["data"] = {}
+        for webhook in doc.get("webhooks") or []:  # Validating and Mutating configurations
+            webhook["clientConfig"].pop("caBundle", None)
+    return docs
+
+
+def test_rendering_twice_gives_the_same_output(helm: Path) -> None:
+    """The bundled Redis password is derived, not random, and needs no lookup.
+
+    With the webhook certificate from cert-manager (what docs/install.md tells Argo CD users
+    to set) two renders are byte for byte the same. The certificate the chart generates
+    otherwise (Helm's genCA and genSignedCert: new keys, serial numbers and validity on every
+    call) is the only difference: `helm install` and `helm upgrade` keep it through lookup.
+    """
+    options = ("template", RELEASE, str(CHART), "-n", NAMESPACE, *value_set("bundled-redis"))
+    cert_manager = ("--set", "webhook.certManager.enabled=true")
+    first, second = (run_helm(helm, *options, *cert_manager) for _ in range(2))
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout
+    generated = [render(helm, *value_set("bundled-redis")) for _ in range(2)]
+    assert generated[0] != generated[1]  # the generated webhook certificate, as said above
+    assert without_generated_webhook_certificate(generated[0]) == (
+        without_generated_webhook_certificate(generated[1])
+    )
+
+
+def bundled_password(docs: list[dict[str, Any]]) -> str:
+    (secret,) = [
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-redis")
+    ]
+    return base64.b64decode(secret["data"]["password"]).decode()
+
+
+def password_checksums(docs: list[dict[str, Any]]) -> set[str]:
+    """The password digests on the pods that use it: Redis, the operator and beat."""
+    found = set()
+    for kind, name, key in (
+        ("StatefulSet", "redis", "checksum/password"),
+        ("Deployment", "operator", "checksum/redis-password"),
+        ("Deployment", "beat", "checksum/redis-password"),
+    ):
+        workload = find(docs, kind, f"{RELEASE}-beatkeeper-{name}")
+        found.add(workload["spec"]["template"]["metadata"]["annotations"][key])
+    return found
+
+
+def test_bundled_redis_password_is_derived_from_the_seed_and_the_release(helm: Path) -> None:
+    seed = "a-seed-of-sixteen-or-more"
+
+    def password(seed: str = seed, namespace: str = NAMESPACE, *options: str) -> str:
+        docs = render(
+            helm,
+            *value_set("bundled-redis"),
+            "--set",
+            f"redis.bundled.auth.passwordSeed={seed}",
+            "-n",
+            namespace,  # the last -n is the one Helm takes
+            *options,
+        )
+        return bundled_password(docs)
+
+    derived = password()
+    assert re.fullmatch(r"[0-9a-f]{32}", derived)  # 128 bits; a URL needs no escaping
+    parts = ["beatkeeper-redis-password", seed, NAMESPACE, f"{RELEASE}-beatkeeper"]
+    assert derived == hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+    others = {
+        password(""),  # the default: from the release's namespace and name alone
+        password("another-seed-of-16"),
+        password(seed, "elsewhere"),
+        password(seed, NAMESPACE, "--set", "fullnameOverride=other"),
+    }
+    assert derived not in others
+    assert len(others) == 4
+    # One digest on the three pods that use the password: a new seed restarts all three.
+    seeded = (*value_set("bundled-redis"), "--set", f"redis.bundled.auth.passwordSeed={seed}")
+    checksums = password_checksums(render(helm, *seeded))
+    assert len(checksums) == 1
+    assert checksums != password_checksums(render(helm, *value_set("bundled-redis")))
+    assert checksums.isdisjoint({derived, derived[:16]})
+    users = render(
+        helm, *value_set("bundled-redis"), "--set", "redis.bundled.auth.existingSecret=mine"
+    )
+    for name in ("operator", "beat"):
+        deployment = find(users, "Deployment", f"{RELEASE}-beatkeeper-{name}")
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        assert "checksum/redis-password" not in annotations

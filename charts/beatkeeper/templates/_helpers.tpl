@@ -117,13 +117,35 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s.%s.svc.%s" (include "beatkeeper.redis.bundledName" .) .Release.Namespace .Values.clusterDomain }}
 {{- end }}
 
-{{/* The Secret and key holding the bundled Redis password (generated, or the user's). */}}
+{{/* The Secret and key holding the bundled Redis password (derived, or the user's). */}}
 {{- define "beatkeeper.redis.passwordSecret" -}}
 {{- .Values.redis.bundled.auth.existingSecret | default (include "beatkeeper.redis.bundledName" .) }}
 {{- end }}
 
 {{- define "beatkeeper.redis.passwordKey" -}}
 {{- if .Values.redis.bundled.auth.existingSecret }}{{ .Values.redis.bundled.auth.passwordKey }}{{ else }}password{{ end }}
+{{- end }}
+
+{{/*
+The bundled Redis password the chart makes when auth.existingSecret is empty: 32 hex
+digits (128 bits) of SHA-256 over auth.passwordSeed, the release namespace and the
+fullname. The same values give the same password on every render (helm upgrade,
+`helm template`, Argo CD), without lookup or randomness. It is exactly as secret as the
+seed: with the default, empty seed anyone who knows the release's name and namespace
+can work it out (NOTES.txt and the README say so).
+*/}}
+{{- define "beatkeeper.redis.derivedPassword" -}}
+{{- list "beatkeeper-redis-password" .Values.redis.bundled.auth.passwordSeed .Release.Namespace (include "beatkeeper.fullname" .) | join "\n" | sha256sum | trunc 32 }}
+{{- end }}
+
+{{/*
+A digest of the derived password for the pods that use it (Redis, operator, beat), so a
+new seed rolls all three; empty with auth.existingSecret or an external Redis.
+*/}}
+{{- define "beatkeeper.redis.passwordChecksum" -}}
+{{- if and .Values.redis.bundled.enabled (not .Values.redis.bundled.auth.existingSecret) }}
+{{- include "beatkeeper.redis.derivedPassword" . | sha256sum | trunc 16 }}
+{{- end }}
 {{- end }}
 
 {{/* The Secret and key holding the URL: the user's (external) or the chart's (bundled). */}}
