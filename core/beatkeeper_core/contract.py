@@ -32,6 +32,8 @@ from pydantic import (
 from beatkeeper_core import schedules
 
 ENTRY_TASK = "beatkeeper.run"
+# Built-in tasks every worker registers without user code (beatkeeper_worker.builtins).
+BUILTIN_TASKS = ("beatkeeper.http", "beatkeeper.sleep")
 RUN_RECORDS_STREAM = "beatkeeper:runs"
 REDBEAT_KEY_PREFIX = "redbeat:"
 MESSAGE_LIMIT = 1024
@@ -102,6 +104,16 @@ def run_now_tag(token: str) -> str:
     """The run id tag of the run a run-now token asks for: stable per token, and never
     the id of a scheduled slot, even one in the same second."""
     return "now-" + hashlib.blake2b(token.encode(), digest_size=4).hexdigest()
+
+
+def allowed_task_globs(allowed: Iterable[str], task_modules: Iterable[str]) -> tuple[str, ...]:
+    """What a pool allows: its allowedTasks; when it lists none, the tasks of its own
+    taskModules (`<module>.*`) and Beatkeeper's built-ins. Never everything by default.
+    Admission and the worker both judge a task name by this one list."""
+    listed = tuple(allowed)
+    if listed:
+        return listed
+    return (*(f"{module}.*" for module in task_modules), *BUILTIN_TASKS)
 
 
 def queue_name(namespace: str, pool: str) -> str:

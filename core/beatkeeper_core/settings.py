@@ -78,6 +78,79 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 WebhookMode = Literal["local", "service", "off"]
+TlsVerify = Literal["required", "optional", "none"]
+
+
+@dataclass(frozen=True)
+class RedisTls:
+    """TLS to Redis for `rediss://` URLs: BEATKEEPER_BROKER_TLS_* (operator, beat, workers)."""
+
+    verify: TlsVerify = "required"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RedisTls:
+        verify = env.get("BEATKEEPER_BROKER_TLS_VERIFY", "required").strip() or "required"
+        if verify not in ("required", "optional", "none"):
+            raise ValueError(
+                f"BEATKEEPER_BROKER_TLS_VERIFY={verify!r}: use required, optional or none"
+            )
+        return cls(
+            verify=verify,  # type: ignore[arg-type]
+            ca_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_CA_FILE"),
+            cert_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_CERT_FILE"),
+            key_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_KEY_FILE"),
+        )
+
+    def redis_options(self, url: str) -> dict[str, str]:
+        """redis-py keyword arguments for `url` (none unless it is rediss://)."""
+        if not url.startswith("rediss://"):
+            return {}
+        options: dict[str, str] = {"ssl_cert_reqs": self.verify}
+        for name, path in (
+            ("ssl_ca_certs", self.ca_file),
+            ("ssl_certfile", self.cert_file),
+            ("ssl_keyfile", self.key_file),
+        ):
+            if path is not None:
+                options[name] = str(path)
+        return options
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """Redis tenancy (beatkeeper_core.tenancy): one Redis user per namespace.
+
+    `broker_url` is the address the workers reach Redis at (the operator's own
+    URL when empty), without credentials: the operator puts each namespace's
+    user and password into it. A rotated password stays valid for
+    `rotation_grace_seconds`, while the workers restart with the new one.
+    """
+
+    enabled: bool = False
+    broker_url: str = ""
+    rotation_grace_seconds: float = 300.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Tenancy:
+        return cls(
+            enabled=_flag(env, "BEATKEEPER_TENANCY"),
+            broker_url=env.get("BEATKEEPER_TENANCY_BROKER_URL", "").strip(),
+            rotation_grace_seconds=_positive(
+                env, "BEATKEEPER_TENANCY_ROTATION_GRACE_SECONDS", cls.rotation_grace_seconds
+            ),
+        )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "off", "no"):
+        return False
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    raise ValueError(f"{name}={raw!r}: use true or false")
 
 
 @dataclass(frozen=True)
@@ -98,6 +171,8 @@ class OperatorSettings:
     metrics_listen: str = "127.0.0.1"  # 0.0.0.0 in a pod
     # An object whose own reconcile keeps failing is retried after this, doubling.
     object_backoff_seconds: float = 2.0
+    tls: RedisTls = field(default_factory=RedisTls)
+    tenancy: Tenancy = field(default_factory=Tenancy)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
@@ -119,11 +194,12 @@ class OperatorSettings:
             metrics_listen=_listen(env),
             redbeat_prefix=env.get("BEATKEEPER_REDBEAT_PREFIX", "redbeat:"),
             object_backoff_seconds=_positive(env, "BEATKEEPER_OBJECT_BACKOFF_SECONDS", 2.0),
+            tls=RedisTls.from_env(env),
+            tenancy=Tenancy.from_env(env),
         )
 
 
 WorkerPoolKind = Literal["prefork", "threads"]
-TlsVerify = Literal["required", "optional", "none"]
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:
@@ -148,11 +224,15 @@ class WorkerSettings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     queue: str = ""
+    # With Redis tenancy: the pool's namespace, whose key space (`bk:<namespace>:`)
+    # every key and channel of this worker is in. Empty: the root key space.
+    tenant: str = ""
     pool: WorkerPoolKind = "prefork"
     concurrency: int = 2
     prefetch: int = 1
     task_modules: tuple[str, ...] = ()
-    allowed_tasks: tuple[str, ...] = ("*",)
+    # Empty: the tasks of task_modules and the built-ins (contract.allowed_task_globs).
+    allowed_tasks: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     # Short on purpose: a message delivered to a worker that died before it
     # started the run (prefetched, reserved) is back on the queue within this
@@ -176,6 +256,10 @@ class WorkerSettings:
     metrics_listen: str = "127.0.0.1"  # 0.0.0.0 in a pod
     # A prefork worker's processes count into files here (an emptyDir in the pod).
     metrics_dir: Path = Path("/tmp/beatkeeper-metrics")  # noqa: S108 - an emptyDir
+
+    @property
+    def tls(self) -> RedisTls:
+        return RedisTls(self.tls_verify, self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
 
     def __post_init__(self) -> None:
         if self.renew_seconds * 2 > self.lease_seconds:
@@ -206,11 +290,12 @@ class WorkerSettings:
             tls_cert_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_CERT_FILE"),
             tls_key_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_KEY_FILE"),
             queue=env.get("BEATKEEPER_WORKER_QUEUE", "").strip(),
+            tenant=env.get("BEATKEEPER_TENANT", "").strip(),
             pool=pool,  # type: ignore[arg-type]
             concurrency=int(_positive(env, "BEATKEEPER_WORKER_CONCURRENCY", 2)),
             prefetch=int(_positive(env, "BEATKEEPER_WORKER_PREFETCH", 1)),
             task_modules=_csv(env, "BEATKEEPER_TASK_MODULES"),
-            allowed_tasks=_csv(env, "BEATKEEPER_ALLOWED_TASKS") or ("*",),
+            allowed_tasks=_csv(env, "BEATKEEPER_ALLOWED_TASKS"),
             allowed_hosts=_csv(env, "BEATKEEPER_ALLOWED_HOSTS"),
             visibility_timeout_seconds=_positive(
                 env, "BEATKEEPER_BROKER_VISIBILITY_TIMEOUT", cls.visibility_timeout_seconds
@@ -270,6 +355,8 @@ class BeatSettings:
     batch: int = 1000  # due entries loaded per round trip
     metrics_port: int = 0  # 0: no /metrics endpoint
     metrics_listen: str = "127.0.0.1"  # 0.0.0.0 in a pod
+    # Redis tenancy: each run goes into its namespace's key space.
+    tenancy: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BeatSettings:
@@ -280,6 +367,7 @@ class BeatSettings:
             batch=int(_number(env, "BEATKEEPER_BEAT_BATCH", cls.batch)),
             metrics_port=_port(env, "BEATKEEPER_BEAT_METRICS_PORT"),
             metrics_listen=_listen(env),
+            tenancy=_flag(env, "BEATKEEPER_TENANCY"),
         )
 
 

@@ -3,7 +3,9 @@
 Status keeps the last `historyLimit` finished runs; every state change of every
 run is also a record on the Redis stream `beatkeeper:runs` (bounded by
 `BEATKEEPER_RECORDS_MAXLEN`, 100,000 by default). This reads that stream from
-the newest entry back and shows one line per run, newest first.
+the newest entry back and shows one line per run, newest first. Under Redis
+tenancy the namespace's own stream (`bk:<namespace>:beatkeeper:runs`) holds its
+records, and the namespace's credential (its pool's Secret) may read it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, TextIO
 
 import redis
 
-from beatkeeper_core import contract
+from beatkeeper_core import contract, tenancy
 
 _BATCH = 2_000
 
@@ -69,12 +71,14 @@ def _time(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
-def newest_entries(client: redis.Redis) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
+def newest_entries(
+    client: redis.Redis, stream: str = contract.RUN_RECORDS_STREAM
+) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
     """The stream's entries, newest first, in batches."""
     upper: str | bytes = "+"
     while True:
         batch: list[tuple[bytes, dict[bytes, bytes]]] = client.xrevrange(  # type: ignore[assignment]
-            contract.RUN_RECORDS_STREAM, max=upper, min="-", count=_BATCH
+            stream, max=upper, min="-", count=_BATCH
         )
         if not batch:
             return
@@ -84,11 +88,19 @@ def newest_entries(client: redis.Redis) -> Iterator[tuple[bytes, dict[bytes, byt
         upper = b"(" + batch[-1][0]
 
 
-def runs_of(client: redis.Redis, object_key: str, limit: int) -> list[RunLine]:
+def stream_of(client: redis.Redis, namespace: str) -> str:
+    """The namespace's own stream when it has one (Redis tenancy), else the shared one."""
+    own = f"{tenancy.key_prefix(namespace)}{contract.RUN_RECORDS_STREAM}"
+    return own if client.exists(own) else contract.RUN_RECORDS_STREAM
+
+
+def runs_of(
+    client: redis.Redis, object_key: str, limit: int, stream: str = contract.RUN_RECORDS_STREAM
+) -> list[RunLine]:
     """The object's newest `limit` runs that the stream still holds, newest first."""
     found: dict[str, RunLine] = {}
     begun: set[str] = set()
-    for _ident, fields in newest_entries(client):
+    for _ident, fields in newest_entries(client, stream):
         try:
             record = contract.RunRecord.from_stream_fields(fields)
         except ValueError:
@@ -136,11 +148,17 @@ def main(target: str, redis_url: str, limit: int, output: str, out: TextIO) -> i
     namespace, _, name = target.partition("/")
     if not namespace or not name:
         raise SystemExit(f"runs: {target!r}: give NAMESPACE/NAME")
-    client = redis.Redis.from_url(redis_url, socket_timeout=10)
     try:
-        lines = runs_of(client, contract.object_key(namespace, name), limit)
+        tenancy.check_namespace(namespace)
+    except ValueError as error:
+        raise SystemExit(f"runs: {error}") from None
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    stream = contract.RUN_RECORDS_STREAM
+    try:
+        stream = stream_of(client, namespace)
+        lines = runs_of(client, contract.object_key(namespace, name), limit, stream)
     except redis.RedisError as error:
-        raise SystemExit(f"runs: cannot read {contract.RUN_RECORDS_STREAM}: {error}") from None
+        raise SystemExit(f"runs: cannot read {stream}: {error}") from None
     finally:
         client.close()
     if output == "json":
@@ -148,5 +166,5 @@ def main(target: str, redis_url: str, limit: int, output: str, out: TextIO) -> i
     elif lines:
         print_table(lines, out)
     else:
-        print(f"no runs of {target} in {contract.RUN_RECORDS_STREAM}", file=out)
+        print(f"no runs of {target} in {stream}", file=out)
     return 0

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_helpers import FAST_WORKER, eventually
+from e2e_helpers import FAST_WORKER, eventually, service_env
 
 from beatkeeper.devenv.build import ensure_health_checker
 from beatkeeper.devenv.cluster import AUDITED_GROUP, free_port
@@ -290,19 +290,6 @@ def operator(
     finally:
         process.stop()
         supervisor.stop_all()
-
-
-def service_env(cluster: Environment, redis_url: str, **extra: str) -> dict[str, str]:
-    env = cluster.kube_env()
-    env.pop("BEATKEEPER_KUBECONFIG", None)
-    env.update(
-        BEATKEEPER_REDIS_URL=redis_url,
-        BEATKEEPER_BROKER_URL=redis_url,
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-        **extra,
-    )
-    return env
 
 
 @pytest.fixture(scope="session")

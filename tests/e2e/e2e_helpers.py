@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from beatkeeper.devenv.environment import Environment
 from beatkeeper.devenv.kube import kubectl
 
 # Scaled down (production: 15 s lease, 5 s renew, 1 s sweep) so recovery shows in seconds.
@@ -96,3 +98,19 @@ def verdicts(checker: Path, *objects: dict[str, Any]) -> list[Verdict]:
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     return [(v["kstatus"], v["argocd"], v["flux"]) for v in lines]
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def service_env(cluster: Environment, redis_url: str, **extra: str) -> dict[str, str]:
+    env = cluster.kube_env()
+    env.pop("BEATKEEPER_KUBECONFIG", None)
+    env.update(
+        BEATKEEPER_REDIS_URL=redis_url,
+        BEATKEEPER_BROKER_URL=redis_url,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        **extra,
+    )
+    return env

@@ -256,12 +256,6 @@ INVALID = [
         '"not a host!" is not a host name, an IP address or a network',
     ),
     (
-        "pool-no-allowed-tasks",
-        wp(spec__allowedTasks=[]),
-        "spec.allowedTasks",
-        "should have at least 1 items",
-    ),
-    (
         "pool-glob-unbalanced",
         wp(spec__allowedTasks=["myapp.[abc"]),
         "spec.allowedTasks[0]",
@@ -389,3 +383,38 @@ def test_kubectl_explain_teaches_the_api(
     text = " ".join(eventually(explained, timeout=30).split())
     assert field in text
     assert expected in text
+
+
+def test_a_pool_without_allowed_tasks_admits_only_its_modules_and_the_builtins(
+    kubeconfig: Path, operator: Any, namespace: str
+) -> None:
+    apply(
+        kubeconfig, namespace, wp(spec__allowedTasks=_DELETE, spec__taskModules=["myapp.reports"])
+    )
+
+    def refused() -> str:
+        """a task outside the pool's modules is refused (once the webhook knows the pool)"""
+        result = apply(kubeconfig, namespace, st(spec__task__name="myapp.admin.drop"), check=False)
+        return result.stderr if result.returncode != 0 else ""
+
+    message = eventually(refused, timeout=15)
+    assert (
+        'spec.task.name: "myapp.admin.drop" is not allowed by WorkerPool "p" '
+        "(allowedTasks: myapp.reports.*, beatkeeper.http, beatkeeper.sleep)"
+    ) in message
+    for name in ("myapp.reports.daily", "beatkeeper.http"):
+        apply(
+            kubeconfig, namespace, st(metadata__name=name.replace(".", "-"), spec__task__name=name)
+        )
+
+    def allowed_in_pods() -> str:
+        """the worker Deployment exists; its pods get the same list to enforce"""
+        found = kubectl(
+            kubeconfig, "get", "deploy/p-workers", "-n", namespace, "-o", "json", check=False
+        )
+        if found.returncode != 0:
+            return ""
+        container = json.loads(found.stdout)["spec"]["template"]["spec"]["containers"][0]
+        return next(e["value"] for e in container["env"] if e["name"] == "BEATKEEPER_ALLOWED_TASKS")
+
+    assert eventually(allowed_in_pods) == "myapp.reports.*,beatkeeper.http,beatkeeper.sleep"

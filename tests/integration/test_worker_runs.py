@@ -8,7 +8,7 @@ import datetime as dt
 import time
 
 import pytest
-from worker_helpers import Runs, Workers
+from worker_helpers import Runs, Workers, make_runs
 
 from beatkeeper_core.contract import ConcurrencyPolicy, RetryPolicy, RunState
 
@@ -256,3 +256,25 @@ def test_task_not_allowed_or_not_registered_fails_without_retries(runs: Runs) ->
     missing_records = runs.wait_for(missing.run_id, R.FAILED)
     assert [r.state for r in missing_records] == [R.PENDING, R.FAILED]
     assert missing_records[-1].reason == "TaskNotRegistered"
+
+
+def test_a_worker_without_allowed_tasks_runs_only_its_modules_and_the_builtins(
+    workers: Workers, redis_url: str
+) -> None:
+    # An empty list never means everything: worker_tasks registers its tasks under
+    # bk_test.*, outside the module's own name, so only the built-ins may run.
+    workers.start("deny", BEATKEEPER_ALLOWED_TASKS="", BEATKEEPER_TASK_MODULES="worker_tasks")
+    made = make_runs(redis_url, workers.queue)
+    runs = next(made)
+    try:
+        refused = runs.envelope("bk_test.work", kwargs={"key": runs.key("deny")})
+        builtin = runs.envelope("beatkeeper.sleep", kwargs={"seconds": 0})
+        runs.publish(refused)
+        runs.publish(builtin)
+        record = runs.wait_for(refused.run_id, R.FAILED)[-1]
+        assert record.reason == "TaskNotAllowed"
+        assert "(worker_tasks.*, beatkeeper.http, beatkeeper.sleep)" in record.message
+        assert runs.count(runs.key("deny")) == 0
+        runs.wait_for(builtin.run_id, R.SUCCEEDED)
+    finally:
+        made.close()

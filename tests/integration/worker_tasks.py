@@ -105,3 +105,49 @@ def ticks(path: str, seconds: float) -> None:
 def stubborn_ticks(path: str, seconds: float) -> None:
     """Ticks and swallows every interrupt: only killing its process stops it."""
     _tick_file(path, seconds, stubborn=True)
+
+
+@shared_task(name="bk_test.reach")  # type: ignore[untyped-decorator]
+def reach(keys: list[str], channels: list[str]) -> int:
+    """Try every key and channel with this worker's own Redis credential: read, write
+    and delete each key, publish to and subscribe to each channel. Raises if Redis
+    allowed any of it; returns how many refusals (NOPERM) it saw."""
+    client = redis.Redis.from_url(current_app.conf.broker_url)
+    attempts = [
+        *(lambda k=key: client.type(k) for key in keys),
+        *(lambda k=key: client.get(k) for key in keys),
+        *(lambda k=key: client.set(k, "forged") for key in keys),
+        *(lambda k=key: client.delete(k) for key in keys),
+        *(lambda k=key: client.eval("return redis.call('TYPE', KEYS[1])", 1, k) for key in keys),
+        *(lambda c=channel: client.publish(c, "forged") for channel in channels),
+        lambda: client.keys("*"),
+        lambda: client.scan(0),
+        lambda: client.execute_command("ACL", "LIST"),
+        lambda: client.config_get("*"),
+    ]
+    refused = 0
+    allowed = []
+    for number, attempt in enumerate(attempts):
+        try:
+            attempt()
+        except redis.exceptions.NoPermissionError:
+            refused += 1
+        except redis.exceptions.ResponseError as error:
+            if "NOPERM" not in str(error):
+                raise
+            refused += 1
+        else:
+            allowed.append(number)
+    pubsub = client.pubsub()
+    for channel in channels:
+        try:
+            pubsub.subscribe(channel)
+            pubsub.get_message(timeout=1)  # the reply to SUBSCRIBE, or its error
+        except (redis.exceptions.NoPermissionError, redis.exceptions.ResponseError):
+            refused += 1
+        else:
+            allowed.append(f"subscribe {channel}")
+    client.close()
+    if allowed:
+        raise AssertionError(f"Redis allowed attempts {allowed} of {len(attempts)}")
+    return refused

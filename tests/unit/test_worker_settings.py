@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from beatkeeper_core.contract import allowed_task_globs
 from beatkeeper_core.settings import Settings, WorkerSettings
 from beatkeeper_worker.app import broker_ssl, celery_config
 from beatkeeper_worker.main import worker_argv
@@ -18,7 +19,13 @@ def test_defaults_are_production_values() -> None:
     assert worker.broker_url == "redis://127.0.0.1:6379/0"
     assert worker.pool == "prefork"
     assert (worker.concurrency, worker.prefetch) == (2, 1)
-    assert worker.allowed_tasks == ("*",)
+    assert worker.allowed_tasks == ()  # deny by default: the modules' tasks and the built-ins
+    assert allowed_task_globs(worker.allowed_tasks, ("app.jobs",)) == (
+        "app.jobs.*",
+        "beatkeeper.http",
+        "beatkeeper.sleep",
+    )
+    assert worker.tenant == ""
     assert worker.allowed_hosts == ()
     assert (worker.lease_seconds, worker.renew_seconds, worker.sweep_seconds) == (15, 5, 1)
     assert worker.visibility_timeout_seconds == 30

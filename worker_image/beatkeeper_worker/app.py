@@ -19,6 +19,7 @@ import redis
 from celery import Celery
 from celery.worker.request import Request
 
+from beatkeeper_core import tenancy
 from beatkeeper_core.contract import ENTRY_TASK
 from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker.builtins import register_builtins
@@ -34,16 +35,11 @@ _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "non
 
 
 def broker_ssl(settings: WorkerSettings) -> dict[str, Any] | None:
-    if not settings.broker_url.startswith("rediss://"):
+    """Celery's broker_use_ssl: the one set of TLS options, verification as ssl's constant."""
+    options: dict[str, Any] = dict(settings.tls.redis_options(settings.broker_url))
+    if not options:
         return None
-    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[settings.tls_verify]}
-    for name, path in (
-        ("ssl_ca_certs", settings.tls_ca_file),
-        ("ssl_certfile", settings.tls_cert_file),
-        ("ssl_keyfile", settings.tls_key_file),
-    ):
-        if path is not None:
-            options[name] = str(path)
+    options["ssl_cert_reqs"] = _CERT_REQS[settings.tls_verify]
     return options
 
 
@@ -52,14 +48,19 @@ def broker_ssl(settings: WorkerSettings) -> dict[str, Any] | None:
 _RESTORE_MUTEX_SECONDS = 15
 
 
-def transport_options(settings: WorkerSettings) -> dict[str, float]:
-    return {
+def transport_options(settings: WorkerSettings) -> dict[str, float | str]:
+    options: dict[str, float | str] = {
         "visibility_timeout": settings.visibility_timeout_seconds,
         # kombu scans for overdue unacked messages every interval times throttle.
         "unacked_restore_interval": settings.restore_interval_seconds,
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": _RESTORE_MUTEX_SECONDS,
     }
+    if settings.tenant:
+        # Every kombu key and channel (queues, unacked, bindings, events, remote
+        # control) in the namespace's key space, which its Redis user is confined to.
+        options["global_keyprefix"] = tenancy.key_prefix(settings.tenant)
+    return options
 
 
 def celery_config(settings: WorkerSettings) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from beatkeeper_worker import metrics
 from beatkeeper_worker.app import create_app
 from beatkeeper_worker.metrics import BeatMetrics
 from beatkeeper_worker.publish import prepare_runs, push_runs
-from beatkeeper_worker.runs import EncodedRun
+from beatkeeper_worker.runs import EncodedRun, RunRegistry
 from beatkeeper_worker.runtime import redis_client, runtime_for
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class _Prepared:
     missed: list[contract.RunRecord]
     advance: Advance
     fires: list[tuple[str, float]]  # each run's trigger and due time, for the metrics
+    namespace: str = ""  # the ScheduledTask's: its key space under Redis tenancy
 
 
 class Firer:
@@ -114,10 +115,13 @@ class Firer:
         app: Any,
         store: RedbeatStore,
         batch: int,
+        *,
         lookahead: float = 5.0,
         metrics: BeatMetrics | None = None,
+        tenancy: bool = False,
     ) -> None:
         self.metrics = metrics
+        self.tenancy = tenancy
         self.app = app
         self.store = store
         self.batch = batch
@@ -173,7 +177,7 @@ class Firer:
             time=now,
         )
         try:
-            runtime_for(self.app).registry().append_notice(notice)
+            self._registry(definition.namespace).append_notice(notice)
         except redis.RedisError:
             logger.warning("could not report the failed entry %s", definition.name)
 
@@ -197,34 +201,46 @@ class Firer:
             missed=[_missed(definition, slot, at) for slot in plan.missed],
             advance=Advance(entry.name, entry.next, plan.next, plan.meta),
             fires=[(e.trigger, e.due.timestamp()) for e in envelopes],
+            namespace=definition.namespace,
         )
+
+    def _registry(self, namespace: str) -> RunRegistry:
+        """Where a namespace's runs go: its own key space under Redis tenancy."""
+        runtime = runtime_for(self.app)
+        return runtime.registry_for(namespace) if self.tenancy else runtime.registry()
 
     def _push(self, now: dt.datetime) -> int:
         ready = [p for p in self.prepared.values() if p.due <= now.timestamp()]
         for item in ready:
             del self.prepared[item.entry.name]
-        registry = runtime_for(self.app).registry()
         return sum(
-            self._push_chunk(registry, ready[start : start + _PUSH_ENTRIES])
+            self._push_chunk(ready[start : start + _PUSH_ENTRIES])
             for start in range(0, len(ready), _PUSH_ENTRIES)
         )
 
-    def _push_chunk(self, registry: Any, chunk: list[_Prepared]) -> int:
+    def _push_chunk(self, chunk: list[_Prepared]) -> int:
         # An entry the operator rewrote since it was prepared (edited, suspended)
         # is dropped here and prepared afresh next tick.
         current = self.store.current_next([p.entry.name for p in chunk])
         chunk = [p for p, text in zip(chunk, current, strict=True) if text == p.entry.next]
         # Publish before advancing: a crash in between republishes (the worker
         # drops the duplicate run id) instead of losing the slot.
-        runs = [run for item in chunk for run in item.runs]
-        push_runs(registry, runs)
-        missed = [record for item in chunk for record in item.missed]
-        if missed:
-            registry.append(missed)
+        spaces: dict[str, list[_Prepared]] = {}
+        for item in chunk:
+            spaces.setdefault(item.namespace if self.tenancy else "", []).append(item)
+        runs = missed = 0
+        for namespace, items in spaces.items():
+            registry = self._registry(namespace)
+            encoded = [run for item in items for run in item.runs]
+            push_runs(registry, encoded)
+            records = [record for item in items for record in item.missed]
+            if records:
+                registry.append(records)
+            runs, missed = runs + len(encoded), missed + len(records)
         self.store.advance([item.advance for item in chunk])
         if self.metrics is not None:
-            self._count(chunk, len(missed))
-        return len(runs)
+            self._count(chunk, missed)
+        return runs
 
     def _count(self, chunk: list[_Prepared], missed: int) -> None:
         assert self.metrics is not None
@@ -269,7 +285,13 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.store = store
         self.metrics = metrics.beat() if self.beat_settings.metrics_port else None
         self._holding = False
-        self.firer = Firer(app, store, self.beat_settings.batch, metrics=self.metrics)
+        self.firer = Firer(
+            app,
+            store,
+            self.beat_settings.batch,
+            metrics=self.metrics,
+            tenancy=self.beat_settings.tenancy,
+        )
 
     @property
     def schedule(self) -> dict[str, Any]:

@@ -39,7 +39,13 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 
-from beatkeeper_core.contract import ENTRY_TASK, RunEnvelope, RunRecord, RunState
+from beatkeeper_core.contract import (
+    ENTRY_TASK,
+    RunEnvelope,
+    RunRecord,
+    RunState,
+    allowed_task_globs,
+)
 from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker import metrics, records
 from beatkeeper_worker.errors import PermanentError
@@ -122,7 +128,8 @@ class Executor:
         return self._attempt(envelope, owner, worker, now, claimed_at)
 
     def _claim(self, envelope: RunEnvelope, owner: str, worker: str, now: dt.datetime) -> Claim:
-        refusal = refusal_of(envelope.task.name, self._settings.allowed_tasks, self._app.tasks)
+        allowed = allowed_task_globs(self._settings.allowed_tasks, self._settings.task_modules)
+        refusal = refusal_of(envelope.task.name, allowed, self._app.tasks)
         if refusal is not None:
             reason, message = refusal
             log.warning("run %s refused: %s", envelope.run_id, message)

@@ -2,9 +2,20 @@
 
 All keys share the `beatkeeper:` prefix. Per-queue keys carry the queue name
 (which includes the namespace), so pools never touch each other's indexes.
+
+With Redis tenancy on (`beatkeeper_core.tenancy`), a namespace's workers use a
+`KeySpace` whose prefix (`bk:<namespace>:`) goes before every one of these
+names, and before kombu's own keys and channels, so a Redis ACL of the form
+`~bk:<namespace>:*` confines them. The module-level functions are the keys of
+the root key space (no prefix): single-credential installs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from beatkeeper_core import tenancy
+from beatkeeper_core.contract import RUN_RECORDS_STREAM
 
 RUN_PREFIX = "beatkeeper:run:"
 LEASES_PREFIX = "beatkeeper:leases:"
@@ -19,54 +30,80 @@ REGISTERED_PREFIX = "beatkeeper:registered:"
 REGISTERED_TTL_SECONDS = 7 * 86400  # refreshed by every worker start
 
 
-def run_key(run_id: str) -> str:
-    """Hash: the registry entry of one run (state, attempt, lease, envelope)."""
-    return f"{RUN_PREFIX}{run_id}"
+@dataclass(frozen=True)
+class KeySpace:
+    """Every Redis key name of one tenant: the names below, after `prefix`."""
+
+    prefix: str = ""
+
+    def run_key(self, run_id: str) -> str:
+        """Hash: the registry entry of one run (state, attempt, lease, envelope)."""
+        return f"{self.prefix}{RUN_PREFIX}{run_id}"
+
+    def leases_key(self, queue: str) -> str:
+        """Sorted set: run ids of a queue that hold a lease, scored by lease expiry (ms)."""
+        return f"{self.prefix}{LEASES_PREFIX}{queue}"
+
+    def active_key(self, object_key: str) -> str:
+        """Sorted set: in-flight run ids of one ScheduledTask, scored by marker expiry (ms)."""
+        return f"{self.prefix}{ACTIVE_PREFIX}{object_key}"
+
+    def retries_key(self, queue: str) -> str:
+        """Sorted set: next-attempt envelopes (JSON) of a queue, scored by due time (ms)."""
+        return f"{self.prefix}{RETRIES_PREFIX}{queue}"
+
+    def sweeper_key(self, queue: str) -> str:
+        """String: the token of the one worker that sweeps this queue, with a short TTL."""
+        return f"{self.prefix}{SWEEPER_PREFIX}{queue}"
+
+    def stats_key(self, queue: str) -> str:
+        """Hash: counters of deliveries the claim dropped, by why."""
+        return f"{self.prefix}{STATS_PREFIX}{queue}"
+
+    def deleted_key(self, object_key: str) -> str:
+        """String: when a ScheduledTask was deleted (ms); runs of earlier slots never start."""
+        return f"{self.prefix}{DELETED_PREFIX}{object_key}"
+
+    def unclaimed_key(self, queue: str) -> str:
+        """Sorted set: published run ids of a queue no worker has claimed yet, scored by
+        when they were (re)published (ms); the sweeper republishes one left unclaimed."""
+        return f"{self.prefix}{UNCLAIMED_PREFIX}{queue}"
+
+    def registered_key(self, queue: str) -> str:
+        """Hash: per worker (its hostname), the task names its image registers, as JSON
+        `{"tasks": [...], "at": ms}`; the operator shows their union in the pool's
+        status.registeredTasks, and admission warns about a task no worker registers."""
+        return f"{self.prefix}{REGISTERED_PREFIX}{queue}"
+
+    def queue_key(self, queue: str) -> str:
+        """List: kombu's priority-0 list of the queue (kombu adds the same prefix)."""
+        return f"{self.prefix}{queue}"
+
+    def records_stream(self) -> str:
+        """Stream: the run records (and beat's notices) of this key space."""
+        return f"{self.prefix}{RUN_RECORDS_STREAM}"
 
 
-def leases_key(queue: str) -> str:
-    """Sorted set: run ids of a queue that hold a lease, scored by lease expiry (ms)."""
-    return f"{LEASES_PREFIX}{queue}"
+ROOT = KeySpace()
 
 
-def active_key(object_key: str) -> str:
-    """Sorted set: in-flight run ids of one ScheduledTask, scored by marker expiry (ms)."""
-    return f"{ACTIVE_PREFIX}{object_key}"
+def key_space(namespace: str) -> KeySpace:
+    """The key space of a namespace's workers under Redis tenancy; "" is the root one."""
+    return KeySpace(tenancy.key_prefix(namespace)) if namespace else ROOT
 
 
-def retries_key(queue: str) -> str:
-    """Sorted set: next-attempt envelopes (JSON) of a queue, scored by due time (ms)."""
-    return f"{RETRIES_PREFIX}{queue}"
-
-
-def sweeper_key(queue: str) -> str:
-    """String: the token of the one worker that sweeps this queue, with a short TTL."""
-    return f"{SWEEPER_PREFIX}{queue}"
-
-
-def stats_key(queue: str) -> str:
-    """Hash: counters of deliveries the claim dropped, by why."""
-    return f"{STATS_PREFIX}{queue}"
-
-
-def deleted_key(object_key: str) -> str:
-    """String: when a ScheduledTask was deleted (ms); runs of earlier slots never start."""
-    return f"{DELETED_PREFIX}{object_key}"
+run_key = ROOT.run_key
+leases_key = ROOT.leases_key
+active_key = ROOT.active_key
+retries_key = ROOT.retries_key
+sweeper_key = ROOT.sweeper_key
+stats_key = ROOT.stats_key
+deleted_key = ROOT.deleted_key
+unclaimed_key = ROOT.unclaimed_key
+registered_key = ROOT.registered_key
 
 
 def run_now_key(uid: str, token: str) -> str:
-    """String: the slot a ScheduledTask's run-now token was first acted on at."""
+    """String: the slot a ScheduledTask's run-now token was first acted on at (the
+    operator's own key: never in a tenant's key space)."""
     return f"{RUN_NOW_PREFIX}{uid}:{token}"
-
-
-def unclaimed_key(queue: str) -> str:
-    """Sorted set: published run ids of a queue no worker has claimed yet, scored by
-    when they were (re)published (ms); the sweeper republishes one left unclaimed."""
-    return f"{UNCLAIMED_PREFIX}{queue}"
-
-
-def registered_key(queue: str) -> str:
-    """Hash: per worker (its hostname), the task names its image registers, as JSON
-    `{"tasks": [...], "at": ms}`; the operator shows their union in the pool's
-    status.registeredTasks, and admission warns about a task no worker registers."""
-    return f"{REGISTERED_PREFIX}{queue}"

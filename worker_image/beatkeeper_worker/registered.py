@@ -33,8 +33,14 @@ def registered_tasks(app: Any) -> list[str]:
     )
 
 
-def announce(client: redis.Redis, queue: str, worker: str, tasks: list[str]) -> None:
-    key = keys.registered_key(queue)
+def announce(
+    client: redis.Redis,
+    queue: str,
+    worker: str,
+    tasks: list[str],
+    space: keys.KeySpace = keys.ROOT,
+) -> None:
+    key = space.registered_key(queue)
     value = json.dumps({"tasks": tasks, "at": int(time.time() * 1000)})
     with client.pipeline(transaction=False) as pipe:
         pipe.hset(key, worker, value)
@@ -51,15 +57,23 @@ class RegisteredTasksStep(bootsteps.StartStopStep):  # type: ignore[misc]
         super().__init__(worker, **kwargs)
         self.client: redis.Redis | None = None
         self.queue = ""
+        self.keys = keys.ROOT
 
     def start(self, worker: Any) -> None:
-        settings = runtime_for(worker.app).settings
+        runtime = runtime_for(worker.app)
+        settings, self.keys = runtime.settings, runtime.keys
         self.queue = settings.queue
         if not self.queue:
             return
         self.client = redis_client(settings)
         try:
-            announce(self.client, self.queue, worker.hostname, registered_tasks(worker.app))
+            announce(
+                self.client,
+                self.queue,
+                worker.hostname,
+                registered_tasks(worker.app),
+                self.keys,
+            )
         except redis.RedisError:
             log.warning("could not announce the registered tasks", exc_info=True)
 
@@ -67,7 +81,7 @@ class RegisteredTasksStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.client is None:
             return
         try:
-            self.client.hdel(keys.registered_key(self.queue), worker.hostname)
+            self.client.hdel(self.keys.registered_key(self.queue), worker.hostname)
         except redis.RedisError:
             log.warning("could not withdraw the registered tasks", exc_info=True)
         finally:

@@ -20,13 +20,13 @@ import redis
 from redis.commands.core import Script
 
 from beatkeeper_core.contract import (
-    RUN_RECORDS_STREAM,
     ObjectNotice,
     RunEnvelope,
     RunRecord,
     RunState,
 )
 from beatkeeper_worker import keys
+from beatkeeper_worker.keys import KeySpace
 
 _PRELUDE = """
 local FINISHED = {{Succeeded=true, Failed=true, Skipped=true, Missed=true}}
@@ -347,18 +347,18 @@ return 0
 """
 
 
-def _render(body: str, *, lease_ms: int, retention_ms: int, maxlen: int) -> str:
+def _render(body: str, *, lease_ms: int, retention_ms: int, maxlen: int, space: KeySpace) -> str:
     # Settings go into the script text, so each call carries only per-run
     # arguments: redis-py's packing costs more per argument than Redis does.
     prelude = _PRELUDE.format(
         lease_ms=lease_ms,
         retention_ms=retention_ms,
         maxlen=maxlen,
-        run_prefix=keys.RUN_PREFIX,
-        leases_prefix=keys.LEASES_PREFIX,
-        active_prefix=keys.ACTIVE_PREFIX,
-        retries_prefix=keys.RETRIES_PREFIX,
-        unclaimed_prefix=keys.UNCLAIMED_PREFIX,
+        run_prefix=space.run_key(""),
+        leases_prefix=space.leases_key(""),
+        active_prefix=space.active_key(""),
+        retries_prefix=space.retries_key(""),
+        unclaimed_prefix=space.unclaimed_key(""),
     )
     return prelude + body
 
@@ -436,21 +436,22 @@ class RunRegistry:
         lease_seconds: float,
         retention_seconds: float,
         records_maxlen: int,
-        stream: str = RUN_RECORDS_STREAM,
+        space: KeySpace = keys.ROOT,
     ) -> None:
         self.client = client
+        self.keys = space
         self.lease_seconds = lease_seconds
         self._lease_ms = _ms(lease_seconds)
         self._maxlen = records_maxlen
-        self.stream = stream
-        constants = {
+        self.stream = space.records_stream()
+        constants: dict[str, int] = {
             "lease_ms": self._lease_ms,
             "retention_ms": _ms(retention_seconds),
             "maxlen": records_maxlen,
         }
 
         def script(body: str) -> Script:
-            return client.register_script(_render(body, **constants))
+            return client.register_script(_render(body, space=space, **constants))
 
         self._claim = script(_CLAIM)
         self._settle = script(_SETTLE)
@@ -482,14 +483,14 @@ class RunRegistry:
 
         One call for the whole batch: 10,000 runs due in the same second cost
         ten calls, not 20,000 commands. The queue key is the queue name (kombu's
-        key for priority 0). Returns True for each run id that was new.
+        key for priority 0), in the registry's key space. Returns True for each run id that was new.
         """
         if not runs:
             return []
         keys_: list[str] = [self.stream]
         args: list[str | int] = []
         for run in runs:
-            keys_ += [keys.run_key(run.run_id), run.queue]
+            keys_ += [self.keys.run_key(run.run_id), self.keys.queue_key(run.queue)]
             args += [
                 run.attempt,
                 run.envelope,
@@ -506,7 +507,7 @@ class RunRegistry:
         self, pipe: redis.client.Pipeline, envelope: RunEnvelope, queue: str, record: RunRecord
     ) -> None:
         """Queue `mark_pending` on the caller's pipeline; its reply is 1 when new."""
-        keys_ = [keys.run_key(envelope.run_id), self.stream]
+        keys_ = [self.keys.run_key(envelope.run_id), self.stream]
         args: list[str | int] = [
             envelope.attempt,
             envelope.model_dump_json(exclude_defaults=True),
@@ -571,12 +572,12 @@ class RunRegistry:
         superseded: tuple[RunRecord, RunRecord] | None,
     ) -> Claim:
         keys_ = [
-            keys.run_key(envelope.run_id),
-            keys.leases_key(queue),
-            keys.active_key(envelope.object_key),
+            self.keys.run_key(envelope.run_id),
+            self.keys.leases_key(queue),
+            self.keys.active_key(envelope.object_key),
             self.stream,
-            keys.stats_key(queue),
-            keys.deleted_key(envelope.object_key),
+            self.keys.stats_key(queue),
+            self.keys.deleted_key(envelope.object_key),
         ]
         superseded_skipped, superseded_failed = superseded or (record, record)
         args: list[str | int] = [
@@ -616,11 +617,11 @@ class RunRegistry:
         """
         next_envelope, delay = retry if retry else (None, 0.0)
         keys_ = [
-            keys.run_key(envelope.run_id),
-            keys.leases_key(queue),
-            keys.active_key(envelope.object_key),
+            self.keys.run_key(envelope.run_id),
+            self.keys.leases_key(queue),
+            self.keys.active_key(envelope.object_key),
             self.stream,
-            keys.retries_key(queue),
+            self.keys.retries_key(queue),
         ]
         args: list[str | int] = [
             envelope.run_id,
@@ -645,17 +646,17 @@ class RunRegistry:
 
     def recover_expired(self, queue: str, *, rearm_seconds: float, limit: int = 100) -> list[str]:
         """Envelopes (JSON) of runs whose lease expired without an outcome."""
-        found = self._recover([keys.leases_key(queue)], [_ms(rearm_seconds), limit])
+        found = self._recover([self.keys.leases_key(queue)], [_ms(rearm_seconds), limit])
         return [_text(item) for item in found]
 
     def due_retries(self, queue: str, limit: int = 100) -> list[str]:
         """Next-attempt envelopes (JSON) whose delay has passed."""
-        return [_text(item) for item in self._due_retries([keys.retries_key(queue)], [limit])]
+        return [_text(item) for item in self._due_retries([self.keys.retries_key(queue)], [limit])]
 
     def forget_retries(self, queue: str, envelopes: Sequence[str]) -> None:
         """Drop retry envelopes (unreadable ones) from the index without publishing."""
         if envelopes:
-            self.client.zrem(keys.retries_key(queue), *envelopes)
+            self.client.zrem(self.keys.retries_key(queue), *envelopes)
 
     def promoted(self, queue: str, published: Sequence[tuple[str, str]]) -> None:
         """Retries published, as (envelope JSON, run id): out of the retries set,
@@ -664,11 +665,11 @@ class RunRegistry:
             args: list[str | int] = [len(published)]
             args += [envelope for envelope, _ in published]
             args += [run_id for _, run_id in published]
-            self._promoted([keys.retries_key(queue), keys.unclaimed_key(queue)], args)
+            self._promoted([self.keys.retries_key(queue), self.keys.unclaimed_key(queue)], args)
 
     def unclaimed(self, queue: str, *, grace_seconds: float, limit: int = 100) -> list[str]:
         """Envelopes (JSON) of runs published over `grace_seconds` ago and never claimed."""
-        found = self._unclaimed([keys.unclaimed_key(queue)], [_ms(grace_seconds), limit])
+        found = self._unclaimed([self.keys.unclaimed_key(queue)], [_ms(grace_seconds), limit])
         return [_text(item) for item in found]
 
     def append_notice(self, notice: ObjectNotice) -> None:
@@ -695,10 +696,10 @@ class RunRegistry:
     def active(self, object_key: str) -> list[tuple[str, RunEnvelope | None, str]]:
         """(run id, envelope, state) of every run of the object in flight."""
         found = []
-        members: list[bytes] = self.client.zrange(keys.active_key(object_key), 0, -1)  # type: ignore[assignment]
+        members: list[bytes] = self.client.zrange(self.keys.active_key(object_key), 0, -1)  # type: ignore[assignment]
         for member in members:
             run = _text(member)
-            state, raw = self.client.hmget(keys.run_key(run), ["state", "envelope"])
+            state, raw = self.client.hmget(self.keys.run_key(run), ["state", "envelope"])
             envelope = RunEnvelope.model_validate_json(raw) if raw else None
             found.append((run, envelope, _text(state) if state else ""))
         return found
@@ -715,7 +716,7 @@ class RunRegistry:
     def mark_deleted(self, object_key: str, at: dt.datetime) -> None:
         """From now on no run of the object whose slot is not after `at` starts."""
         self.client.set(
-            keys.deleted_key(object_key), int(at.timestamp() * 1000), px=self._retention_ms
+            self.keys.deleted_key(object_key), int(at.timestamp() * 1000), px=self._retention_ms
         )
 
     def hold_lock(self, key: str, token: str, ttl_seconds: float) -> bool:

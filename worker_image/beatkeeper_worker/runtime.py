@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +19,16 @@ import redis
 from beatkeeper_core.settings import TlsVerify, WorkerSettings
 from beatkeeper_worker import metrics
 from beatkeeper_worker.execution import Executor, record_threads_hard_limit
+from beatkeeper_worker.keys import KeySpace, key_space
 from beatkeeper_worker.leases import LeaseKeeper, SignalInterrupter, ThreadInterrupter
 from beatkeeper_worker.runs import RunRegistry
 
 _RUNTIMES: weakref.WeakKeyDictionary[Any, WorkerRuntime] = weakref.WeakKeyDictionary()
 
 
-def redis_options(settings: WorkerSettings) -> dict[str, Any]:
+def redis_options(settings: WorkerSettings) -> dict[str, str]:
     """redis-py keyword arguments for the broker's Redis (TLS for rediss:// URLs)."""
-    if not settings.broker_url.startswith("rediss://"):
-        return {}
-    options: dict[str, Any] = {"ssl_cert_reqs": settings.tls_verify}
-    for name, path in (
-        ("ssl_ca_certs", settings.tls_ca_file),
-        ("ssl_certfile", settings.tls_cert_file),
-        ("ssl_keyfile", settings.tls_key_file),
-    ):
-        if path is not None:
-            options[name] = str(path)
-    return options
+    return settings.tls.redis_options(settings.broker_url)
 
 
 def redis_client(settings: WorkerSettings, *, single_connection: bool = False) -> redis.Redis:
@@ -65,6 +56,7 @@ class _ProcessState:
     registry: RunRegistry
     keeper: LeaseKeeper | None = None
     executor: Executor | None = None
+    tenants: dict[str, RunRegistry] = field(default_factory=dict)
 
 
 class WorkerRuntime:
@@ -74,11 +66,25 @@ class WorkerRuntime:
         self.app = app
         self.settings = settings
         self.interrupter = SignalInterrupter() if settings.pool == "prefork" else None
+        self.keys = key_space(settings.tenant)
         self._state: _ProcessState | None = None
         self._lock = threading.Lock()
 
     def registry(self) -> RunRegistry:
+        """The registry of this worker's own key space."""
         return self._process().registry
+
+    def registry_for(self, namespace: str) -> RunRegistry:
+        """The registry of a namespace's key space, on this process's connection (beat
+        and the operator, which hold the administrative credential, under tenancy)."""
+        state = self._process()
+        with self._lock:
+            found = state.tenants.get(namespace)
+            if found is None:
+                found = state.tenants[namespace] = self._registry_on(
+                    state.registry.client, key_space(namespace)
+                )
+            return found
 
     def keeper(self) -> LeaseKeeper:
         state = self._process()
@@ -104,11 +110,16 @@ class WorkerRuntime:
             return self._state
 
     def _new_registry(self) -> RunRegistry:
+        client = redis_client(self.settings, single_connection=self.settings.pool == "prefork")
+        return self._registry_on(client, self.keys)
+
+    def _registry_on(self, client: redis.Redis, space: KeySpace) -> RunRegistry:
         return RunRegistry(
-            redis_client(self.settings, single_connection=self.settings.pool == "prefork"),
+            client,
             lease_seconds=self.settings.lease_seconds,
             retention_seconds=self.settings.retention_seconds,
             records_maxlen=self.settings.records_maxlen,
+            space=space,
         )
 
     def _new_keeper(self, renewals: RunRegistry, registry: RunRegistry) -> LeaseKeeper:

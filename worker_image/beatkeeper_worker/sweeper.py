@@ -27,7 +27,7 @@ import redis
 from celery import bootsteps
 
 from beatkeeper_core.contract import RunEnvelope
-from beatkeeper_worker import keys, metrics
+from beatkeeper_worker import metrics
 from beatkeeper_worker.metrics import WorkerMetrics
 from beatkeeper_worker.publish import send_run
 from beatkeeper_worker.retries import promote_due
@@ -69,7 +69,9 @@ class Sweeper:
         """One tick: (runs recovered or republished, retries promoted); (0, 0) when
         another process sweeps."""
         registry = self._registry()
-        if not registry.hold_lock(keys.sweeper_key(self._queue), self._token, self._lock_ttl):
+        if not registry.hold_lock(
+            registry.keys.sweeper_key(self._queue), self._token, self._lock_ttl
+        ):
             return 0, 0
         expired = registry.recover_expired(
             self._queue, rearm_seconds=self._lease_seconds * REARM_LEASES
@@ -99,7 +101,8 @@ class Sweeper:
         if self._thread is not None:
             self._thread.join(timeout=self._interval + 5)
         try:
-            self._registry().release_lock(keys.sweeper_key(self._queue), self._token)
+            registry = self._registry()
+            registry.release_lock(registry.keys.sweeper_key(self._queue), self._token)
         except redis.RedisError:
             log.warning("could not release the sweeper lock", exc_info=True)
 

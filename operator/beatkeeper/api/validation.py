@@ -210,9 +210,9 @@ def task_allowed(task_name: str, allowed: Iterable[str]) -> bool:
 
 
 def task_errors(task_name: str, pool_name: str, pool: WorkerPoolSpec) -> list[FieldError]:
-    if task_allowed(task_name, pool.allowed_tasks):
+    if task_allowed(task_name, pool.allowed):
         return []
-    allowed = ", ".join(pool.allowed_tasks)
+    allowed = ", ".join(pool.allowed)
     message = (
         f"{_quoted(task_name)} is not allowed by WorkerPool {_quoted(pool_name)} "
         f"(allowedTasks: {allowed})"

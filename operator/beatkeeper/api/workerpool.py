@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
 from beatkeeper.api.base import CRD, ApiModel, Condition, cel, conditions_field
+from beatkeeper_core.contract import allowed_task_globs
 
 KIND = "WorkerPool"
 PLURAL = "workerpools"
@@ -172,12 +173,13 @@ class WorkerPoolSpec(ApiModel):
     )
     allowed_tasks: list[Annotated[str, StringConstraints(pattern=TASK_GLOB, max_length=200)]] = (
         Field(
-            default_factory=lambda: ["*"],
-            min_length=1,
+            default_factory=list,
             max_length=100,
             description=(
                 "Glob patterns of task names ScheduledTasks may call, such as beatkeeper.http "
-                "or myapp.reports.*; any other task is refused at admission and by the worker."
+                "or myapp.reports.*; any other task is refused at admission and by the worker. "
+                "Empty or absent: only the tasks of taskModules (<module>.*) and the built-ins "
+                "beatkeeper.http and beatkeeper.sleep."
             ),
         )
     )
@@ -219,6 +221,11 @@ class WorkerPoolSpec(ApiModel):
         default_factory=SecretKeyRef,
         description="The Secret key holding the Redis URL the workers use (redis:// or rediss://).",
     )
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        """The globs a task name is judged by (`contract.allowed_task_globs`)."""
+        return allowed_task_globs(self.allowed_tasks, self.task_modules)
 
 
 class WorkerPoolStatus(ApiModel):

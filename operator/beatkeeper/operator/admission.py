@@ -137,14 +137,14 @@ def _narrowed(
         new, old = parse_worker_pool(spec), parse_worker_pool(old_spec)
     except InvalidSpec:
         return []
-    if new.allowed_tasks == old.allowed_tasks:
+    if new.allowed == old.allowed:
         return []
     denied = sorted(
         str(body.get("metadata", {}).get("name", ""))
         for body in tasks
         if isinstance(name := (body.get("spec") or {}).get("task", {}).get("name"), str)
-        and task_allowed(name, old.allowed_tasks)
-        and not task_allowed(name, new.allowed_tasks)
+        and task_allowed(name, old.allowed)
+        and not task_allowed(name, new.allowed)
     )
     if not denied:
         return []
@@ -174,7 +174,7 @@ def scheduled_task_warnings(
     pool = _known_pool(pools, namespace, pool_name)
     if not known or pool is None or not isinstance(name, str) or name in known:
         return []
-    if not task_allowed(name, pool.allowed_tasks):
+    if not task_allowed(name, pool.allowed):
         return []  # refused already
     return [
         f"spec.task.name: {name!r} is allowed by WorkerPool {pool_name!r} but none of its "

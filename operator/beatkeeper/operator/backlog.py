@@ -29,6 +29,7 @@ import redis
 
 from beatkeeper.operator.autoscaler import BacklogSample, Upcoming
 from beatkeeper_worker import keys
+from beatkeeper_worker.keys import KeySpace
 
 PRIORITY_SEP = "\x06\x16"
 # kombu maps a message's priority onto its priority_steps (default 0, 3, 6, 9);
@@ -52,9 +53,11 @@ return flat
 """
 
 
-def queue_lists(queue: str) -> list[str]:
-    """Every list kombu may keep the queue's messages in."""
-    return [queue, *(f"{queue}{PRIORITY_SEP}{n}" for n in PRIORITIES)]
+def queue_lists(queue: str, space: KeySpace = keys.ROOT) -> list[str]:
+    """Every list kombu may keep the queue's messages in (kombu's global key prefix,
+    under Redis tenancy, is the key space's)."""
+    first = space.queue_key(queue)
+    return [first, *(f"{first}{PRIORITY_SEP}{n}" for n in PRIORITIES)]
 
 
 def _retry_upcoming(entries: list[tuple[bytes, float]]) -> Upcoming | None:
@@ -81,37 +84,38 @@ class BacklogProbe:
         self._monotonic = monotonic
         self._script = client.register_script(_TALLY)
         self._lock = threading.Lock()
-        self._tally: dict[str, int] = {}
-        self._tallied_at: float | None = None
+        # Per key space (one `unacked` hash each): counts per routing key, and when.
+        self._tally: dict[str, dict[str, int]] = {}
+        self._tallied_at: dict[str, float] = {}
 
-    def measure(self, queue: str, now: dt.datetime) -> BacklogSample:
+    def measure(self, queue: str, now: dt.datetime, space: KeySpace = keys.ROOT) -> BacklogSample:
         """Queued, unacked, leased and due-retry counts of `queue`; raises redis.RedisError."""
-        lists = queue_lists(queue)
-        refresh = self._tally_stale()
+        lists = queue_lists(queue, space)
+        refresh = self._tally_stale(space.prefix)
         with self.client.pipeline(transaction=False) as pipe:
             for key in lists:
                 pipe.llen(key)
-            pipe.zcard(keys.leases_key(queue))
-            pipe.zcount(keys.retries_key(queue), "-inf", int(now.timestamp() * 1000))
-            pipe.zrange(keys.retries_key(queue), 0, 0, withscores=True)
+            pipe.zcard(space.leases_key(queue))
+            pipe.zcount(space.retries_key(queue), "-inf", int(now.timestamp() * 1000))
+            pipe.zrange(space.retries_key(queue), 0, 0, withscores=True)
             if refresh:
-                self._script(keys=[UNACKED], client=pipe)
+                self._script(keys=[space.prefix + UNACKED], client=pipe)
             results = pipe.execute()
         if refresh:
-            self._store_tally(results[-1])
+            self._store_tally(space.prefix, results[-1])
         lengths, rest = results[: len(lists)], results[len(lists) :]
         return BacklogSample(
             queued=sum(int(n) for n in lengths),
-            unacked=self._unacked(queue),
+            unacked=self._unacked(space.prefix, queue),
             active=int(rest[0]),
             retries_due=int(rest[1]),
             next_retry=_retry_upcoming(rest[2]),
         )
 
-    def registered(self, queue: str) -> tuple[str, ...] | None:
+    def registered(self, queue: str, space: KeySpace = keys.ROOT) -> tuple[str, ...] | None:
         """The task names the pool's workers announced (the union), or None when no
         worker of the queue has announced any; raises redis.RedisError."""
-        entries = self.client.hgetall(keys.registered_key(queue))
+        entries = self.client.hgetall(space.registered_key(queue))
         if not entries:
             return None
         names: set[str] = set()
@@ -122,19 +126,19 @@ class BacklogProbe:
                 continue  # one worker's unreadable entry; the others still count
         return tuple(sorted(names))
 
-    def _tally_stale(self) -> bool:
+    def _tally_stale(self, prefix: str) -> bool:
         with self._lock:
-            last = self._tallied_at
+            last = self._tallied_at.get(prefix)
         return last is None or self._monotonic() - last >= self.tally_max_age
 
-    def _store_tally(self, flat: list[bytes | int]) -> None:
+    def _store_tally(self, prefix: str, flat: list[bytes | int]) -> None:
         tally = {
             (name.decode() if isinstance(name, bytes) else str(name)): int(count)
             for name, count in zip(flat[::2], flat[1::2], strict=True)
         }
         with self._lock:
-            self._tally, self._tallied_at = tally, self._monotonic()
+            self._tally[prefix], self._tallied_at[prefix] = tally, self._monotonic()
 
-    def _unacked(self, queue: str) -> int:
+    def _unacked(self, prefix: str, queue: str) -> int:
         with self._lock:
-            return self._tally.get(queue, 0)
+            return self._tally.get(prefix, {}).get(queue, 0)

@@ -6,7 +6,9 @@ deterministic name, the pool's labels and selector, a controller owner
 reference (so deleting the pool garbage-collects the Deployment and its pods),
 and a pod template that runs `beatkeeper-worker` (the worker image's console
 script) for the pool's queue under Pod Security "restricted", with the broker
-URL only as a Secret reference.
+URL only as a Secret reference (under Redis tenancy, the Secret the operator
+wrote the pool's own credential into, and the pool's namespace as the workers'
+key space).
 `ObservedDeployment` is the part of a Deployment the planner reads back.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 
 from beatkeeper.api.base import API_VERSION, GROUP
 from beatkeeper.api.workerpool import KIND, PodTemplate, WorkerPoolSpec
-from beatkeeper_core import contract
+from beatkeeper_core import contract, tenancy
 
 APP_NAME = "beatkeeper-worker"
 MANAGED_BY = "beatkeeper"
@@ -29,6 +31,7 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 POOL_LABEL = f"{GROUP}/workerpool"
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
+CREDENTIAL_ANNOTATION = f"{GROUP}/redis-credential-generation"
 CONTAINER = "worker"
 WORKER_USER = 10001  # the worker image's numeric user (worker_image/Dockerfile)
 LIVENESS_FILE = "/tmp/beatkeeper-worker.alive"  # noqa: S108 - an emptyDir
@@ -90,25 +93,45 @@ def owner_reference(pool: PoolRef) -> dict[str, Any]:
     }
 
 
-def worker_env(queue: str, spec: WorkerPoolSpec) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class TenantSecret:
+    """Under Redis tenancy: the Secret the operator wrote the pool's credential into,
+    and its generation (a new one restarts the pods)."""
+
+    name: str
+    generation: int
+
+
+def broker_secret(spec: WorkerPoolSpec, tenant: TenantSecret | None) -> tuple[str, str]:
+    """(Secret, key) the workers' Redis URL comes from."""
+    if tenant is not None:
+        return tenant.name, tenancy.URL_KEY
+    return spec.broker_secret_ref.name, spec.broker_secret_ref.key
+
+
+def worker_env(
+    queue: str, spec: WorkerPoolSpec, tenant: TenantSecret | None = None, namespace: str = ""
+) -> list[dict[str, Any]]:
     """The pool's worker settings, then the template's env minus the names set here."""
-    secret = spec.broker_secret_ref
+    secret, key = broker_secret(spec, tenant)
     ours: list[dict[str, Any]] = [
         {"name": "BEATKEEPER_WORKER_QUEUE", "value": queue},
         {
             "name": "BEATKEEPER_BROKER_URL",
-            "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
         },
         {"name": "BEATKEEPER_WORKER_POOL", "value": spec.pool},
         {"name": "BEATKEEPER_WORKER_CONCURRENCY", "value": str(spec.concurrency)},
         {"name": "BEATKEEPER_WORKER_PREFETCH", "value": str(spec.prefetch)},
         {"name": "BEATKEEPER_TASK_MODULES", "value": ",".join(spec.task_modules)},
-        {"name": "BEATKEEPER_ALLOWED_TASKS", "value": ",".join(spec.allowed_tasks)},
+        {"name": "BEATKEEPER_ALLOWED_TASKS", "value": ",".join(spec.allowed)},
         {"name": "BEATKEEPER_ALLOWED_HOSTS", "value": ",".join(spec.allowed_hosts)},
         {"name": "BEATKEEPER_LIVENESS_FILE", "value": LIVENESS_FILE},
         {"name": "BEATKEEPER_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "BEATKEEPER_METRICS_LISTEN", "value": "0.0.0.0"},  # noqa: S104 - the pod network
     ]
+    if tenant is not None:
+        ours.insert(2, {"name": "BEATKEEPER_TENANT", "value": namespace})
     taken = {item["name"] for item in ours}
     extra = spec.template.env if spec.template else []
     # The pool's identity (queue, broker, allowed tasks) is the spec's, never the template's.
@@ -124,14 +147,16 @@ def _probe(period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def worker_container(queue: str, spec: WorkerPoolSpec) -> dict[str, Any]:
+def worker_container(
+    queue: str, spec: WorkerPoolSpec, tenant: TenantSecret | None = None, namespace: str = ""
+) -> dict[str, Any]:
     template = spec.template or PodTemplate()
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["beatkeeper-worker"],
-        "env": worker_env(queue, spec),
+        "env": worker_env(queue, spec, tenant, namespace),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
@@ -152,7 +177,9 @@ def worker_container(queue: str, spec: WorkerPoolSpec) -> dict[str, Any]:
     return container
 
 
-def pod_spec(queue: str, spec: WorkerPoolSpec) -> dict[str, Any]:
+def pod_spec(
+    queue: str, spec: WorkerPoolSpec, tenant: TenantSecret | None = None, namespace: str = ""
+) -> dict[str, Any]:
     template = spec.template or PodTemplate()
     pod: dict[str, Any] = {
         "securityContext": {
@@ -162,7 +189,7 @@ def pod_spec(queue: str, spec: WorkerPoolSpec) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
-        "containers": [worker_container(queue, spec)],
+        "containers": [worker_container(queue, spec, tenant, namespace)],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     if template.service_account_name:
@@ -186,7 +213,9 @@ def spec_hash(deployment: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_worker_deployment(pool: PoolRef, spec: WorkerPoolSpec, replicas: int) -> dict[str, Any]:
+def build_worker_deployment(
+    pool: PoolRef, spec: WorkerPoolSpec, replicas: int, tenant: TenantSecret | None = None
+) -> dict[str, Any]:
     template = spec.template or PodTemplate()
     labels = pool_labels(pool.name)
     queue = contract.queue_name(pool.namespace, pool.name)
@@ -211,14 +240,22 @@ def build_worker_deployment(pool: PoolRef, spec: WorkerPoolSpec, replicas: int) 
             "template": {
                 "metadata": {
                     "labels": {**template.labels, **labels},
-                    "annotations": {**SCRAPE_ANNOTATIONS, **template.annotations},
+                    "annotations": {
+                        **SCRAPE_ANNOTATIONS,
+                        **template.annotations,
+                        **_credential_annotation(tenant),
+                    },
                 },
-                "spec": pod_spec(queue, spec),
+                "spec": pod_spec(queue, spec, tenant, pool.namespace),
             },
         },
     }
     deployment["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(deployment)}
     return deployment
+
+
+def _credential_annotation(tenant: TenantSecret | None) -> dict[str, str]:
+    return {CREDENTIAL_ANNOTATION: str(tenant.generation)} if tenant is not None else {}
 
 
 @dataclass(frozen=True)

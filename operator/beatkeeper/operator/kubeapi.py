@@ -271,6 +271,28 @@ class KubeApi:
         )
         return self._plain(applied)
 
+    def write_secret(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """Create the Secret, or replace it whole when one of that name exists.
+
+        Create and update only: the operator writes the Redis credential it
+        provisioned for a namespace (Redis tenancy) and never reads a Secret.
+        """
+        try:
+            self.core.create_namespaced_secret(
+                namespace,
+                dict(body),  # type: ignore[arg-type]
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            self.core.replace_namespaced_secret(
+                body["metadata"]["name"],
+                namespace,
+                dict(body),  # type: ignore[arg-type]
+                field_manager=FIELD_MANAGER,
+            )
+
     def _plain(self, model: object) -> dict[str, Any]:
         """A client model as the JSON the apiserver sent (camelCase keys)."""
         return cast(dict[str, Any], self.client.sanitize_for_serialization(model))  # type: ignore[no-untyped-call]

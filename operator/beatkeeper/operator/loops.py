@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from beatkeeper.operator.conditions import Event
 from beatkeeper.operator.indexes import IndexView, snapshot
-from beatkeeper.operator.runrecords import PARKED_STREAM
+from beatkeeper.operator.runrecords import PARKED_STREAM, EntryRef
 from beatkeeper.operator.runtime import Runtime, post_events
 from beatkeeper_core import contract
 
@@ -84,13 +84,22 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-async def resync_once(runtime: Runtime, tasks: IndexView, pools: IndexView, collect: bool) -> None:
+async def resync_once(
+    runtime: Runtime,
+    tasks: IndexView,
+    pools: IndexView,
+    collect: bool,
+    live_pools: Callable[[], set[tuple[str, str]]] | None = None,
+) -> None:
     bodies = list(tasks.values())
     for batch in _batches(bodies, RESYNC_BATCH):
         await asyncio.to_thread(runtime.scheduled_tasks.reconcile_many, batch, pools)
     if collect:
         known = {contract.object_key(ns, name) for ns, name in tasks}
         await asyncio.to_thread(collect_orphans, runtime, known)
+        credentials = runtime.worker_pools.credentials
+        if credentials is not None and live_pools is not None:
+            await asyncio.to_thread(credentials.collect, live_pools())
 
 
 def collect_orphans(runtime: Runtime, known: set[str]) -> None:
@@ -105,13 +114,19 @@ def collect_orphans(runtime: Runtime, known: set[str]) -> None:
             runtime.store.delete([name])
 
 
-async def resync_forever(runtime: Runtime, tasks: IndexView, pools: IndexView) -> None:
+async def resync_forever(
+    runtime: Runtime,
+    tasks: IndexView,
+    pools: IndexView,
+    live_pools: Callable[[], set[tuple[str, str]]] | None = None,
+) -> None:
     rounds = 0
     while True:
         await asyncio.sleep(runtime.settings.resync_seconds)
         rounds += 1
         try:
-            await resync_once(runtime, tasks, pools, collect=rounds % GC_EVERY == 0)
+            collect = rounds % GC_EVERY == 0
+            await resync_once(runtime, tasks, pools, collect, live_pools)
         except Exception:
             logger.exception("resync failed; retrying next period")
 
@@ -146,10 +161,21 @@ async def consume_once(runtime: Runtime, tasks: IndexView, gate: asyncio.Semapho
     batch = await asyncio.to_thread(runtime.records.read, 500, 1000)
     if not batch:
         return
-    grouped: dict[str, list[tuple[str, contract.RunRecord]]] = {}
-    done: list[str] = []
+    grouped: dict[str, list[tuple[EntryRef, contract.RunRecord]]] = {}
+    done: list[EntryRef] = []
     for ident, entry in batch:
-        if isinstance(entry, contract.ObjectNotice):
+        if ident.namespace and entry.namespace != ident.namespace:
+            # A namespace's workers wrote about another namespace's object: only its
+            # own objects' facts are taken from its stream (Redis tenancy).
+            runtime.metrics.records_rejected.labels("foreign_namespace").inc()
+            logger.warning(
+                "ignoring a run record in %s about %s: not an object of namespace %s",
+                ident.stream,
+                entry.object_key,
+                ident.namespace,
+            )
+            done.append(ident)
+        elif isinstance(entry, contract.ObjectNotice):
             await _post_notice(runtime, tasks, entry)
             done.append(ident)
         else:
@@ -189,7 +215,7 @@ def _held_back(
     runtime: Runtime,
     uid: str,
     body: Mapping[str, Any],
-    items: list[tuple[str, contract.RunRecord]],
+    items: list[tuple[EntryRef, contract.RunRecord]],
     error: str,
 ) -> bool:
     """Back off, or park the records after PARK_AFTER tries; True once they are parked."""

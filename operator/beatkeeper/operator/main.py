@@ -43,6 +43,7 @@ from beatkeeper.operator.runtime import (
     build_runtime,
     serve_metrics,
     start_admission,
+    utc_now,
 )
 from beatkeeper.operator.supervision import LoopsUnhealthy, LoopSupervisor
 from beatkeeper.operator.webhook import Known
@@ -83,6 +84,7 @@ async def startup(
     scheduledtask_bodies: Index,
     workerpool_specs: Index,
     workerpool_registered: Index,
+    workerpool_uids: Index,
     **_: Any,
 ) -> None:
     config = Settings.from_env().operator
@@ -94,9 +96,18 @@ async def startup(
     settings.posting.level = logging.WARNING  # our events are explicit, not every log line
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 32
-    runtime = await asyncio.to_thread(build_runtime, config)
-    memo["runtime"] = runtime
     tasks, pools = IndexView(scheduledtask_bodies), IndexView(workerpool_specs)
+
+    def namespaces() -> set[str]:
+        return {namespace for namespace, _ in pools} | {namespace for namespace, _ in tasks}
+
+    runtime = await asyncio.to_thread(build_runtime, config, utc_now, namespaces)
+    memo["runtime"] = runtime
+    uids = IndexView(workerpool_uids)
+
+    def live_pools() -> set[tuple[str, str]]:
+        return {(namespace, str(uids[(namespace, name)])) for namespace, name in uids}
+
     registered = IndexView(workerpool_registered)
     access = AccessChecker.for_client(runtime.kube.client)  # a WorkerPool author's rights
     runtime.closers.append(access.close)
@@ -111,7 +122,7 @@ async def startup(
     memo["pool_generations"] = SpecGenerations()
     supervisor = memo["loops"] = LoopSupervisor()
     supervisor.start("queue", lambda: loops.reconcile_queued_forever(runtime, queue, tasks, pools))
-    supervisor.start("resync", lambda: loops.resync_forever(runtime, tasks, pools))
+    supervisor.start("resync", lambda: loops.resync_forever(runtime, tasks, pools, live_pools))
     supervisor.start("run-records", lambda: loops.consume_records_forever(runtime, tasks))
     logger.info("operator configured", extra={"webhook": config.webhook})
 
@@ -175,6 +186,14 @@ async def workerpool_registered(
 ) -> dict[tuple[str, str], Any]:
     """The task names each pool's workers register (status.registeredTasks), for admission."""
     return {(namespace, name): tuple(status.get("registeredTasks") or ())}
+
+
+@kopf.index(*WP)
+async def workerpool_uids(
+    namespace: str, name: str, uid: str, **_: Any
+) -> dict[tuple[str, str], Any]:
+    """Each pool's uid: under Redis tenancy, passwords of pools gone are collected."""
+    return {(namespace, name): uid}
 
 
 @kopf.index(*ST)
@@ -268,6 +287,7 @@ def worker_pool_event(
         runtime.worker_pools.forget(
             body.metadata.uid, (body.metadata.namespace, body.metadata.name)
         )
+        runtime.worker_pools.release_credential(body.metadata.namespace, body.metadata.uid)
     # The pool's tasks may have been waiting for it, or must stop now; only a
     # new spec (or the pool's arrival or removal) can change that, not its status.
     generations: SpecGenerations = memo["pool_generations"]

@@ -83,6 +83,13 @@ class OperatorMetrics:
             "Run records folded into ScheduledTask status.",
             registry=registry,
         )
+        self.records_rejected = Counter(
+            "beatkeeper_operator_run_records_rejected_total",
+            "Run records ignored: a namespace's stream spoke of another namespace's object "
+            "(Redis tenancy).",
+            ["reason"],
+            registry=registry,
+        )
 
 
 def _timestamp(value: Any) -> float | None:

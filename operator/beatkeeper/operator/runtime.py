@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 import redis
@@ -34,7 +34,8 @@ from beatkeeper.api.workerpool import WorkerPoolSpec
 from beatkeeper.operator import autoscaler, metrics, runstatus, scheduledtasks, webhook, workerpools
 from beatkeeper.operator.backlog import BacklogProbe
 from beatkeeper.operator.conditions import Event, Health, health_conditions, parse_conditions
-from beatkeeper.operator.deployments import ObservedDeployment, deployment_name
+from beatkeeper.operator.credentials import ROTATE_ANNOTATION, TenantCredentials, secret_name
+from beatkeeper.operator.deployments import ObservedDeployment, TenantSecret, deployment_name
 from beatkeeper.operator.kubeapi import KubeApi, api_client, namespace_terminating
 from beatkeeper.operator.metrics import OperatorMetrics, PoolStatuses, StateCollector
 from beatkeeper.operator.podhealth import ObservedPod
@@ -45,6 +46,11 @@ from beatkeeper.pki import CertificateAuthority
 from beatkeeper_core import contract
 from beatkeeper_core.redbeat import RedbeatStore
 from beatkeeper_core.settings import OperatorSettings, WorkerSettings
+from beatkeeper_worker import keys
+from beatkeeper_worker.keys import key_space
+
+if TYPE_CHECKING:
+    from beatkeeper_worker.runs import RunRegistry
 
 Clock = Callable[[], dt.datetime]
 FINALIZER = "beatkeeper.dev/finalizer"
@@ -134,26 +140,32 @@ class RunControl:
 
     def __init__(self, settings: OperatorSettings, client: redis.Redis) -> None:
         from beatkeeper_worker.app import create_app
-        from beatkeeper_worker.runs import RunRegistry
+        from beatkeeper_worker.runtime import runtime_for
 
-        defaults = WorkerSettings()
         self.client = client
+        self.tenancy = settings.tenancy.enabled
+        tls = settings.tls
         self.app = create_app(
-            WorkerSettings(broker_url=settings.redis_url), main="beatkeeper-operator"
+            WorkerSettings(
+                broker_url=settings.redis_url,
+                tls_verify=tls.verify,
+                tls_ca_file=tls.ca_file,
+                tls_cert_file=tls.cert_file,
+                tls_key_file=tls.key_file,
+            ),
+            main="beatkeeper-operator",
         )
-        self.registry = RunRegistry(
-            client,
-            lease_seconds=defaults.lease_seconds,
-            retention_seconds=defaults.retention_seconds,
-            records_maxlen=defaults.records_maxlen,
-        )
+        self._runtime = runtime_for(self.app)
+
+    def registry(self, namespace: str) -> RunRegistry:
+        """The run registry of the namespace's key space (the root one without tenancy)."""
+        return self._runtime.registry_for(namespace if self.tenancy else "")
 
     def run_now(
         self, plan: scheduledtasks.TaskPlan, uid: str, token: str, now: dt.datetime
     ) -> None:
         """Publish the token's run; raises redis.RedisError (the next reconcile retries)."""
-        from beatkeeper_worker import keys
-        from beatkeeper_worker.publish import publish_run
+        from beatkeeper_worker.publish import publish_runs
 
         definition = plan.definition
         assert definition is not None
@@ -171,7 +183,8 @@ class RunControl:
             tag=contract.run_now_tag(token),
             token=token,
         )
-        publish_run(self.app, envelope, definition.queue, now=now)
+        registry = self.registry(definition.namespace)
+        publish_runs(self.app, [(envelope, definition.queue)], registry=registry, now=now)
 
     def cancel(self, object_key: str, token: str, now: dt.datetime) -> int:
         """Stop the object's runs in flight (Failed, Cancelled); returns how many."""
@@ -179,7 +192,8 @@ class RunControl:
 
         found = []
         message = f"cancelled by {CANCEL_ANNOTATION}={token}"
-        for run, stored, state in self.registry.active(object_key):
+        registry = self.registry(object_key.partition("/")[0])
+        for run, stored, state in registry.active(object_key):
             if stored is None:
                 continue
             # A retrying run's registry entry holds the next attempt, which never started.
@@ -188,11 +202,11 @@ class RunControl:
                 stored.model_copy(update={"attempt": stored.attempt - 1}) if retrying else stored
             )
             found.append((run, records.failed(envelope, now, "Cancelled", message)))
-        return len(self.registry.cancel(found))
+        return len(registry.cancel(found))
 
     def mark_deleted(self, object_keys: Sequence[str], now: dt.datetime) -> None:
         for key in object_keys:
-            self.registry.mark_deleted(key, now)
+            self.registry(key.partition("/")[0]).mark_deleted(key, now)
 
 
 @dataclass
@@ -482,6 +496,7 @@ class WorkerPoolReconciler:
     kube: KubeApi
     clock: Clock
     probe: BacklogProbe | None = None
+    credentials: TenantCredentials | None = None  # Redis tenancy on
     memory: dict[str, PoolMemory] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
     troubles: TroubleBook = field(default_factory=TroubleBook)
@@ -594,6 +609,16 @@ class WorkerPoolReconciler:
             direction = "up" if wanted > current else "down"
             self.metrics.scale_events.labels(*key, direction).inc()
 
+    def release_credential(self, namespace: str, uid: str) -> None:
+        """The pool is gone: its Redis password too (Redis tenancy); a failure here is
+        collected by the resync later."""
+        if self.credentials is None:
+            return
+        try:
+            self.credentials.release(namespace, uid)
+        except redis.RedisError as error:
+            logger.warning("the Redis password of a deleted pool stays for now: %s", error)
+
     def forget(self, uid: str, key: tuple[str, str] | None = None) -> None:
         with self.guard:
             self.memory.pop(uid, None)
@@ -613,11 +638,18 @@ class WorkerPoolReconciler:
         now: dt.datetime,
     ) -> workerpools.PoolWorld:
         sample, error, registered = None, "", None
+        tenant, space = None, keys.ROOT
+        if self.credentials is not None:
+            # Raises: a pool whose credential cannot be provisioned cannot work.
+            token = observed.annotations.get(ROTATE_ANNOTATION, "")
+            generation = self.credentials.ensure(observed.ref, token)
+            tenant = TenantSecret(secret_name(observed.name), generation)
+            space = key_space(observed.namespace)
         if self.probe is not None:
             queue = contract.queue_name(observed.namespace, observed.name)
             try:
-                sample = self.probe.measure(queue, now)
-                registered = self.probe.registered(queue)
+                sample = self.probe.measure(queue, now, space)
+                registered = self.probe.registered(queue, space)
             except redis.RedisError as failure:
                 error = str(failure)
         return workerpools.PoolWorld(
@@ -627,6 +659,7 @@ class WorkerPoolReconciler:
             registered=registered,
             upcoming=memory.slots.earliest(slots, now),
             scaler=memory.scaler,
+            tenant=tenant,
         )
 
     def _deployment(
@@ -700,12 +733,27 @@ class Runtime:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime:
+def build_runtime(
+    settings: OperatorSettings,
+    clock: Clock = utc_now,
+    namespaces: Callable[[], Iterable[str]] | None = None,
+) -> Runtime:
+    """`namespaces`: those with pools or tasks (from the indexes), whose run-record
+    streams the operator reads under Redis tenancy."""
     kube = KubeApi(api_client())
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=10,
+        health_check_interval=30,
+        **settings.tls.redis_options(settings.redis_url),
+    )
     store = RedbeatStore(client, settings.redbeat_prefix)
-    records = RunRecordStream(client)
+    tenancy = settings.tenancy
+    records = RunRecordStream(client, namespaces if tenancy.enabled else None)
     control = RunControl(settings, client)
+    credentials = (
+        TenantCredentials(client, kube, tenancy, settings.redis_url) if tenancy.enabled else None
+    )
     backoff = settings.object_backoff_seconds
     probe = BacklogProbe(client)
     counted = OperatorMetrics(CollectorRegistry())
@@ -723,7 +771,12 @@ def build_runtime(settings: OperatorSettings, clock: Clock = utc_now) -> Runtime
             kube, clock, troubles=TroubleBook(base=backoff), metrics=counted
         ),
         worker_pools=WorkerPoolReconciler(
-            kube, clock, probe, troubles=TroubleBook(base=backoff), metrics=counted
+            kube,
+            clock,
+            probe,
+            credentials=credentials,
+            troubles=TroubleBook(base=backoff),
+            metrics=counted,
         ),
         backlog=probe,
         metrics=counted,

@@ -34,6 +34,8 @@ from beatkeeper.operator.deployments import (
     SPEC_HASH_ANNOTATION,
     ObservedDeployment,
     PoolRef,
+    TenantSecret,
+    broker_secret,
     build_worker_deployment,
     selector,
 )
@@ -54,6 +56,7 @@ class ObservedPool:
     generation: int
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ObservedPool:
@@ -65,6 +68,7 @@ class ObservedPool:
             generation=int(meta.get("generation", 0)),
             spec=body.get("spec") or {},
             status=body.get("status") or {},
+            annotations=dict(meta.get("annotations") or {}),
         )
 
     @property
@@ -83,6 +87,7 @@ class PoolWorld:
     scaler: ScalerState = field(default_factory=ScalerState)
     pods: tuple[ObservedPod, ...] = ()  # the pool's pods as the kubelet reports them
     registered: tuple[str, ...] | None = None  # task names its workers announced; None: unknown
+    tenant: TenantSecret | None = None  # Redis tenancy: the pool's own credential Secret
 
 
 @dataclass(frozen=True)
@@ -295,14 +300,14 @@ def plan_worker_pool(
         return _stalled(observed, Health.stalled("DeploymentConflict", why), now)
     current = dep.replicas if dep else 0
     scaling = _scaling(spec, world, current, dep.status_replicas if dep else 0, now)
-    manifest = build_worker_deployment(observed.ref, spec, scaling.replicas)
+    manifest = build_worker_deployment(observed.ref, spec, scaling.replicas, world.tenant)
     action = _action(dep, manifest, scaling.replicas)
     health = _health(spec, dep, manifest, scaling.replicas)
     if spec.autoscaling is not None and world.backlog is None:
         why = world.backlog_error or "no sample yet"
         health = Health.reconciling("BacklogUnknown", f"the backlog cannot be read: {why}")
-    secret = spec.broker_secret_ref
-    trouble = diagnose(observed.namespace, world.pods, secret.name, secret.key)
+    secret, key = broker_secret(spec, world.tenant)
+    trouble = diagnose(observed.namespace, world.pods, secret, key)
     events: list[Event] = []
     stuck = Health.stalled(trouble.reason, trouble.message) if trouble else _deadline(observed, dep)
     if stuck is not None:  # the Deployment still converges: a fix is picked up at once
