@@ -188,6 +188,10 @@ new seed rolls all three; empty with auth.existingSecret or an external Redis.
 {{- end }}
 - name: BEATKEEPER_REDBEAT_PREFIX
   value: {{ .Values.redbeatPrefix | quote }}
+{{- if .Values.tenancy.enabled }}
+- name: BEATKEEPER_TENANCY
+  value: "true"
+{{- end }}
 {{- if include "beatkeeper.redis.tls" . }}
 {{- $tls := .Values.redis.external.tls }}
 - name: BEATKEEPER_BROKER_TLS_VERIFY

@@ -733,6 +733,17 @@ class Runtime:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def redis_client(settings: OperatorSettings) -> redis.Redis:
+    """The operator's Redis client: its URL, with the TLS settings the chart passes
+    (BEATKEEPER_BROKER_TLS_*) for a rediss:// URL."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=10,
+        health_check_interval=30,
+        **settings.tls.redis_options(settings.redis_url),
+    )
+
+
 def build_runtime(
     settings: OperatorSettings,
     clock: Clock = utc_now,
@@ -741,12 +752,7 @@ def build_runtime(
     """`namespaces`: those with pools or tasks (from the indexes), whose run-record
     streams the operator reads under Redis tenancy."""
     kube = KubeApi(api_client())
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=10,
-        health_check_interval=30,
-        **settings.tls.redis_options(settings.redis_url),
-    )
+    client = redis_client(settings)
     store = RedbeatStore(client, settings.redbeat_prefix)
     tenancy = settings.tenancy
     records = RunRecordStream(client, namespaces if tenancy.enabled else None)

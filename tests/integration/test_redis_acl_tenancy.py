@@ -3,7 +3,7 @@ in with the credential the operator's provisioner made for it.
 
 The provisioner (`TenantCredentials`) runs for real against Redis; only its Secret
 writes land in `WrittenSecrets` here, since this tier has no apiserver (the e2e
-tier reads the real Secrets: tests/e2e/test_tenancy.py).
+tier reads the real Secrets: tests/e2e/test_tenancy_on_node.py).
 """
 
 from __future__ import annotations
@@ -145,9 +145,10 @@ def test_workers_of_two_namespaces_are_confined_to_their_own_keys(
     app = create_app(WorkerSettings(broker_url=redis_url), main="beat-like")
     # Operator's and beat's keys exist in the same Redis: redbeat entries, the lock,
     # the root stream and the provisioner's own records.
-    admin.hset("redbeat:ta/st", "definition", "{}")
-    admin.set("redbeat::lock", "beat")
-    admin.xadd("beatkeeper:runs", {"record": "{}"})
+    planted = {"redbeat:tenancy-test/st": "definition", "redbeat-tenancy-test::lock": "beat"}
+    admin.hset("redbeat:tenancy-test/st", "definition", "{}")
+    admin.set("redbeat-tenancy-test::lock", "beat")
+    root_entry = admin.xadd("beatkeeper:runs", {"notice": "{}"})  # the root stream exists
     try:
         for pool in pools:
             workers = Workers(
@@ -170,7 +171,7 @@ def test_workers_of_two_namespaces_are_confined_to_their_own_keys(
         for mine, theirs in (pools, pools[::-1]):
             keys = _foreign_keys(admin, mine.namespace)
             assert any(key.startswith(tenancy.key_prefix(theirs.namespace)) for key in keys)
-            assert {"redbeat:ta/st", "beatkeeper:runs"} <= set(keys)
+            assert {*planted, "beatkeeper:runs"} <= set(keys)
             assert any(key.startswith(tenancy.STATE_PREFIX) for key in keys)
             other = tenancy.key_prefix(theirs.namespace)
             channels = [f"{other}/0.celeryev/worker.heartbeat", "/0.celeryev/worker.heartbeat"]
@@ -190,7 +191,8 @@ def test_workers_of_two_namespaces_are_confined_to_their_own_keys(
     finally:
         supervisor.stop_all(grace=15)
         app.close()
-        admin.delete("redbeat:ta/st", "redbeat::lock")
+        admin.delete(*planted)
+        admin.xdel("beatkeeper:runs", root_entry)
 
 
 def _login(url: str) -> bool:

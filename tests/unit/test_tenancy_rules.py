@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+
 import pytest
 
 from beatkeeper.api.validation import parse_worker_pool
+from beatkeeper.devenv.helm import ensure_helm
 from beatkeeper.operator.credentials import secret_name
 from beatkeeper.operator.deployments import (
     CREDENTIAL_ANNOTATION,
@@ -13,7 +17,7 @@ from beatkeeper.operator.deployments import (
     build_worker_deployment,
 )
 from beatkeeper_core import tenancy
-from beatkeeper_core.settings import BeatSettings, OperatorSettings, WorkerSettings
+from beatkeeper_core.settings import BeatSettings, DevSettings, OperatorSettings, WorkerSettings
 from beatkeeper_worker.app import transport_options
 from beatkeeper_worker.keys import ROOT, key_space
 
@@ -117,3 +121,34 @@ def test_a_tenant_pools_pods_use_its_own_secret_and_key_space() -> None:
     # A rotation (a new generation) is a new pod template, so the pods restart.
     rotated = build_worker_deployment(pool, spec, 1, TenantSecret(secret_name("p"), 3))
     assert rotated["metadata"]["annotations"] != tenant["metadata"]["annotations"]
+
+
+def test_the_chart_turns_tenancy_on_for_the_operator_and_beat() -> None:
+    chart = importlib.import_module("test_chart")
+    helm = ensure_helm(DevSettings.from_env(os.environ))
+    docs = chart.render(helm, *chart.value_set("tenancy"))
+    for name in ("bk-beatkeeper-operator", "bk-beatkeeper-beat"):
+        container = chart.find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][
+            0
+        ]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env["BEATKEEPER_TENANCY"] == "true", name
+    operator = chart.find(docs, "Deployment", "bk-beatkeeper-operator")
+    env = {
+        e["name"]: e.get("value")
+        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["BEATKEEPER_TENANCY_BROKER_URL"] == "redis://bk-redis.beatkeeper-system.svc:6379/0"
+    assert env["BEATKEEPER_TENANCY_ROTATION_GRACE_SECONDS"] == "120"
+    plain = chart.render(helm)
+    for doc in plain:
+        if doc["kind"] == "Deployment":
+            names = {
+                e["name"] for e in doc["spec"]["template"]["spec"]["containers"][0].get("env", [])
+            }
+            assert "BEATKEEPER_TENANCY" not in names
+    refused = chart.run_helm(
+        helm, "template", "bk", str(chart.CHART), "--set", "tenancy.brokerUrl=redis://u:p@h:1/0"
+    )
+    assert refused.returncode != 0
+    assert "tenancy.brokerUrl: Does not match pattern" in refused.stderr
