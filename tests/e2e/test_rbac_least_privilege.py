@@ -21,8 +21,7 @@ non-resource URLs (discovery, /version) are left out (every user has them throug
 - the chart (both modes, as rendered with default values and with `watchNamespaces`)
   grants something no operator used, unless `NOT_EXERCISED_HERE` says why with a reason of
   its own (judged only when the whole tier ran: a partial session uses less); an entry there
-  that the tier does use after all is stale and fails too, unless it is `pending` (granted
-  ahead of the code that will use it: only reported);
+  that the tier does use after all is stale and fails too;
 - an operator used something the chart does not grant (`LOCAL_WEBHOOK_RULES` aside, for
   the host operator only), or the apiserver refused an operator's request for want of a
   grant (`authorization.k8s.io/decision: forbid`).
@@ -54,9 +53,6 @@ CHART_OPERATOR = re.compile(r"system:serviceaccount:(?P<namespace>[^:]+):(?P<acc
 @dataclass(frozen=True)
 class Allowance:
     reason: str
-    # Being added by other work at the same time: exercised or not, no verdict yet. A
-    # settled allowance the session does exercise is stale and fails the test.
-    pending: bool = False
 
 
 # What the chart grants that this session cannot exercise, each with its reason.
@@ -66,16 +62,6 @@ NOT_EXERCISED_HERE: dict[Grant, Allowance] = {
         "OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters) "
         "allows only to who may update the owner's finalizers; that is a check inside the "
         "Deployment's create, never a request of its own, so no audit log shows it"
-    ),
-    ("", "secrets", "create"): Allowance(
-        "issue 16, item 1: the operator writes each namespace's Redis credential Secret; "
-        "added to the chart ahead of that code",
-        pending=True,
-    ),
-    ("", "secrets", "update"): Allowance(
-        "issue 16, item 1: the operator rotates each namespace's Redis credential Secret; "
-        "added to the chart ahead of that code",
-        pending=True,
     ),
 }
 
@@ -186,8 +172,7 @@ def report(usage: Usage, granted: dict[Grant, set[str]]) -> str:
         lines.append(f"{_name(grant)}  [{modes}]  {by}")
     for grant, allowance in NOT_EXERCISED_HERE.items():
         state = "used" if grant in usage.used else "not used"
-        pending = "pending, " if allowance.pending else ""
-        lines.append(f"allowance ({pending}{state}): {_name(grant)}: {allowance.reason}")
+        lines.append(f"allowance ({state}): {_name(grant)}: {allowance.reason}")
     lines.append("user agents: " + json.dumps({k: sorted(v) for k, v in usage.agents.items()}))
     return "\n".join(lines)
 
@@ -227,7 +212,7 @@ def test_the_chart_grants_what_the_operators_use_and_no_more(
     stale = [
         f"{_name(grant)}: {allowance.reason}"
         for grant, allowance in NOT_EXERCISED_HERE.items()
-        if grant in usage.used and not allowance.pending
+        if grant in usage.used
     ]
     assert stale == [], "exercised after all: drop these from NOT_EXERCISED_HERE"
     partial = partial_session(request.session, deselected)

@@ -35,8 +35,12 @@ PREFIX = "tn-redbeat:"
 
 
 @pytest.fixture(scope="module")
-def tenancy_plane(cluster: Environment, crds: Path, redis_url: str) -> Iterator[int]:
-    """The operator (its metrics port is returned) and beat, tenancy on."""
+def tenancy_plane(
+    cluster: Environment, crds: Path, redis_url: str, host_operator_identity: Any
+) -> Iterator[int]:
+    """The operator (its metrics port is returned) and beat, tenancy on. The operator runs
+    as the host operator's user, bound to the chart's rules only, so its Secret writes are
+    in the least-privilege audit (test_rbac_least_privilege.py)."""
     supervisor = Supervisor(cluster.log_dir / "tenancy")
     metrics_port = free_port()
     common = {"BEATKEEPER_TENANCY": "true", "BEATKEEPER_REDBEAT_PREFIX": PREFIX}
@@ -50,6 +54,8 @@ def tenancy_plane(cluster: Environment, crds: Path, redis_url: str) -> Iterator[
         BEATKEEPER_TENANCY_ROTATION_GRACE_SECONDS="5",
         **common,
     )
+    if host_operator_identity is not None:
+        operator_env["KUBECONFIG"] = str(host_operator_identity.kubeconfig)
     beat_env = service_env(cluster, redis_url, BEATKEEPER_BEAT_LOCK_SECONDS="5", **common)
     try:
         supervisor.start(
