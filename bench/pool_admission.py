@@ -17,8 +17,10 @@ Before each case is measured, the webhook is shown to be the one answering (an
 invalid pool is refused with its message; for the checks, a user who may create
 WorkerPools but not pods is refused), and `--warmup` creates open the connections.
 The SubjectAccessReviews each pass made are counted (`AccessChecker.reviews`).
+`--rounds` rounds of all three, the order rotated each round; the table has the
+medians over the rounds and their ratios to the anchor's at the same concurrency.
 
-    .venv/bin/python -m bench.pool_admission [--pools 1000] [--threads 8] [--warmup 100]
+    .venv/bin/python -m bench.pool_admission [--pools 1000] [--threads 8] [--rounds 3]
 
 Prints a table, then one JSON line:
 {"bench": "pool_admission", "pools": N, "threads": T, "cases": [...], ...}
@@ -187,13 +189,45 @@ def measure_case(
     return results
 
 
-def add_ratios(results: list[dict[str, Any]]) -> None:
-    """Each row's median latency and total time over the anchor's at the same threads."""
-    anchors = {r["threads"]: r for r in results if r["case"] == CASES[0][0]}
-    for row in results:
+def summarize(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per case and threads: the medians over the rounds, and their ratios to the anchor's."""
+    rows = []
+    for label, _ttl in CASES:
+        for threads in sorted({p["threads"] for p in passes}, reverse=True):
+            mine = [p for p in passes if p["case"] == label and p["threads"] == threads]
+            row: dict[str, Any] = {"case": label, "threads": threads}
+            for field in ("total_s", "per_s", "p50_ms", "p99_ms"):
+                row[field] = round(statistics.median(p[field] for p in mine), 2)
+            row["subject_access_reviews"] = [p["subject_access_reviews"] for p in mine]
+            row["rounds_p50_ms"] = [p["p50_ms"] for p in mine]
+            rows.append(row)
+    anchors = {r["threads"]: r for r in rows if r["case"] == CASES[0][0]}
+    for row in rows:
         anchor = anchors[row["threads"]]
         row["p50_vs_anchor"] = round(row["p50_ms"] / anchor["p50_ms"], 2)
         row["total_vs_anchor"] = round(row["total_s"] / anchor["total_s"], 2)
+    return rows
+
+
+def run_case(
+    label: str,
+    ttl: float | None,
+    config: OperatorSettings,
+    kube: KubeApi,
+    api: Any,
+    denied_api: Any,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """One case with a webhook (and an access checker) of its own, stopped after."""
+    checker = None if ttl is None else AccessChecker.for_client(kube.client, ttl=ttl)
+    admission = start_admission(config, kube, Known(pools=dict, access=checker))
+    assert admission is not None
+    try:
+        return measure_case(label, checker, api, denied_api, args)
+    finally:
+        admission.stop()
+        if checker is not None:
+            checker.close()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -201,10 +235,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pools", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=100, help="creates before each case")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="of every case, the order rotated each round"
+    )
     args = parser.parse_args(argv)
     settings = DevSettings.from_env(os.environ)
     config = OperatorSettings.from_env({"BEATKEEPER_WEBHOOK": "local"})
-    results: list[dict[str, Any]] = []
+    passes: list[dict[str, Any]] = []
     with (
         local_environment(settings, redis=False) as env,
         tempfile.TemporaryDirectory(prefix="bench-users-") as users,
@@ -225,29 +262,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 custom_objects(carol.kubeconfig) as api,
                 custom_objects(mallory.kubeconfig) as denied_api,
             ):
-                for label, ttl in CASES:
-                    checker = None if ttl is None else AccessChecker.for_client(admin, ttl=ttl)
-                    admission = start_admission(config, kube, Known(pools=dict, access=checker))
-                    assert admission is not None
-                    try:
-                        results += measure_case(label, checker, api, denied_api, args)
-                    finally:
-                        admission.stop()
-                        if checker is not None:
-                            checker.close()
+                for round_ in range(args.rounds):
+                    # Rotate the order, so drift (and going first) favours no case.
+                    for label, ttl in CASES[round_ % len(CASES) :] + CASES[: round_ % len(CASES)]:
+                        passes += run_case(label, ttl, config, kube, api, denied_api, args)
         finally:
             admin.close()  # type: ignore[no-untyped-call]
-    add_ratios(results)
+    results = summarize(passes)
+    print(
+        f"pool_admission: {args.pools} dry-run WorkerPool creates per pass by user carol, "
+        f"medians of {args.rounds} rounds; SARs per round"
+    )
     columns = ("threads", "total_s", "per_s", "p50_ms", "p99_ms", "p50_vs_anchor",
-               "total_vs_anchor", "subject_access_reviews")  # fmt: skip
-    print(f"{'case':<26}" + "".join(f"{c:>{max(9, len(c) + 2)}}" for c in columns))
+               "total_vs_anchor")  # fmt: skip
+    print(f"{'case':<26}" + "".join(f"{c:>{len(c) + 2}}" for c in columns) + "  SARs")
     for row in results:
-        print(f"{row['case']:<26}" + "".join(f"{row[c]!s:>{max(9, len(c) + 2)}}" for c in columns))
+        sars = ", ".join(str(n) for n in row["subject_access_reviews"])
+        cells = "".join(f"{row[c]!s:>{len(c) + 2}}" for c in columns)
+        print(f"{row['case']:<26}{cells}  {sars}")
     result = {
         "bench": "pool_admission",
         "pools": args.pools,
         "threads": args.threads,
         "warmup": args.warmup,
+        "rounds": args.rounds,
         "permissions_per_pool": 2,
         "cases": results,
     }
