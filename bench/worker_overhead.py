@@ -25,6 +25,15 @@ the ratio on/off is the cost (target: >= 0.95, at most 5 % of the throughput):
 
     .venv/bin/python -m bench.worker_overhead --metrics --tasks 1000 --rounds 5
 
+With `--tenancy`, it measures what Redis tenancy costs: two workers of the same settings
+drain envelope runs in alternating rounds, one as before (the administrative credential,
+the root key space) and one logged in as a namespace's Redis user, with that namespace's
+key space and ACL (`BEATKEEPER_TENANT`), provisioned by the operator's `TenantCredentials`
+(its Secret write lands in a stand-in: no apiserver here). Runs are published as beat
+publishes them, into each worker's key space; the ratio tenancy/no tenancy is the cost:
+
+    .venv/bin/python -m bench.worker_overhead --tenancy --tasks 1000 --rounds 3
+
 Prints a table, then one JSON line (headline = the first prefetch):
 {"bench": "worker_overhead", "envelope_tasks_per_s": ..., "bare_tasks_per_s": ..., "ratio": ...,
  "configs": [...]}
@@ -33,6 +42,7 @@ Prints a table, then one JSON line (headline = the first prefetch):
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import json
 import os
@@ -53,13 +63,18 @@ from celery import shared_task
 from beatkeeper.devenv.cluster import free_port
 from beatkeeper.devenv.processes import Supervisor, wait_until
 from beatkeeper.devenv.redis import start_redis
+from beatkeeper.operator.credentials import TenantCredentials, secret_name
+from beatkeeper.operator.deployments import PoolRef
+from beatkeeper_core import tenancy
 from beatkeeper_core.contract import RunEnvelope, RunPolicy, TaskCall, queue_name
-from beatkeeper_core.settings import WorkerSettings
+from beatkeeper_core.settings import Tenancy, WorkerSettings
 from beatkeeper_worker.app import create_app
-from beatkeeper_worker.publish import publish_run
+from beatkeeper_worker.publish import publish_run, publish_runs
+from beatkeeper_worker.runtime import runtime_for
 
 REPO = Path(__file__).resolve().parents[1]
 NOOP = "bench.noop"
+TENANT = "bench-tenant"  # the namespace whose Redis user the tenancy worker logs in as
 
 
 @shared_task(name=NOOP, ignore_result=True)  # type: ignore[untyped-decorator]
@@ -113,12 +128,13 @@ def publish(app: Any, queue: str, kind: str, count: int) -> None:
         publish_run(app, envelope, queue)
 
 
-def drained(client: redis.Redis, queue: str) -> bool:
+def drained(client: redis.Redis, queue: str, prefix: str = "") -> bool:
+    """Nothing waiting or unacked; `prefix`: the key space's (kombu prefixes its keys)."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.llen(queue)
-        pipe.hlen("unacked")
+        pipe.llen(f"{prefix}{queue}")
+        pipe.hlen(f"{prefix}unacked")
         waiting, unacked = pipe.execute()
-    return waiting == 0 and unacked == 0
+    return bool(waiting == 0 and unacked == 0)
 
 
 def tree_cpu(pid: int) -> float:
@@ -155,6 +171,64 @@ def measure(
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
     used = tree_cpu(worker_pid) + redis_cpu(client) - cpu
+    return Sample(count / elapsed, used * 1000 / count)
+
+
+class SecretStandIn:
+    """Where `TenantCredentials` writes a pool's credential Secret (no apiserver here)."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def write_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        self.bodies[(namespace, body["metadata"]["name"])] = body
+
+    def url(self, pool: PoolRef) -> str:
+        body = self.bodies[(pool.namespace, secret_name(pool.name))]
+        return base64.b64decode(body["data"][tenancy.URL_KEY]).decode()
+
+
+@dataclass(frozen=True)
+class Target:
+    """One worker of the tenancy comparison: its queue, the app that reaches its consumer
+    (remote control goes through the worker's key space), and its namespace under
+    tenancy ("": none, the root key space)."""
+
+    queue: str
+    control: Any
+    pid: int
+    tenant: str = ""
+
+
+def measure_runs(app: Any, client: redis.Redis, target: Target, count: int) -> Sample:
+    """Drain `count` envelope runs published as beat publishes them (one batch, into the
+    target's key space with the administrative connection), as `measure` does."""
+    namespace, prefix = target.tenant or "bench", ""
+    registry = runtime_for(app).registry()
+    if target.tenant:
+        registry = runtime_for(app).registry_for(target.tenant)
+        prefix = tenancy.key_prefix(target.tenant)
+    target.control.control.cancel_consumer(target.queue, reply=True, limit=1, timeout=10)
+    slot = dt.datetime.now(dt.UTC)
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    runs = [
+        (RunEnvelope.for_slot(namespace, f"{name}-{i}", slot, TaskCall(name=NOOP), RunPolicy()),
+         target.queue)
+        for i in range(count)
+    ]  # fmt: skip
+    publish_runs(app, runs, registry=registry)
+    cpu = tree_cpu(target.pid) + redis_cpu(client)
+    started = time.perf_counter()
+    target.control.control.add_consumer(target.queue, reply=True, limit=1, timeout=10)
+    deadline = started + 300
+    while not drained(client, target.queue, prefix):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(
+                f"{target.queue} not drained within 300 s (tenant {target.tenant!r})"
+            )
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    used = tree_cpu(target.pid) + redis_cpu(client) - cpu
     return Sample(count / elapsed, used * 1000 / count)
 
 
@@ -345,6 +419,100 @@ def report_metrics(result: dict[str, Any]) -> None:
     print(json.dumps(result))
 
 
+def run_tenancy(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Envelope runs drained by a worker without tenancy and one under it, alternating."""
+    supervisor = Supervisor(workdir / "logs")  # Redis
+    workers = Supervisor(workdir / "logs-workers")
+    prefetch = args.prefetch[0]
+    apps: list[Any] = []
+    try:
+        url = args.redis_url or start_redis(supervisor, workdir / "redis")[1]
+        client = redis.Redis.from_url(url)
+        secrets = SecretStandIn()
+        credentials = TenantCredentials(
+            client,
+            secrets,  # type: ignore[arg-type]  # only its write_secret is called
+            Tenancy(enabled=True),
+            url,
+        )
+        pool = PoolRef(TENANT, f"pool-{uuid.uuid4().hex[:6]}", str(uuid.uuid4()))
+        credentials.ensure(pool)
+        try:
+            tenant_url = secrets.url(pool)
+            app = create_app(WorkerSettings(broker_url=url))
+            tenant_app = create_app(WorkerSettings(broker_url=tenant_url, tenant=TENANT))
+            apps += [app, tenant_app]
+            off_queue = queue_name("bench", f"off-{uuid.uuid4().hex[:6]}")
+            on_queue = queue_name(TENANT, pool.name)
+            off_pid = start_worker(workers, url, off_queue, args, prefetch).pid
+            on_pid = start_worker(
+                workers, tenant_url, on_queue, args, prefetch, BEATKEEPER_TENANT=TENANT
+            ).pid
+            targets = {
+                "off": Target(off_queue, app, off_pid),
+                "on": Target(on_queue, tenant_app, on_pid, tenant=TENANT),
+            }
+            samples: dict[str, list[Sample]] = {"off": [], "on": []}
+            for mode in ("off", "on"):  # warm up
+                measure_runs(app, client, targets[mode], min(args.tasks, 200))
+            for round_ in range(args.rounds):
+                order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
+                for mode in order:
+                    samples[mode].append(measure_runs(app, client, targets[mode], args.tasks))
+            # The tenant's runs left nothing outside its key space.
+            foreign = [
+                key.decode()
+                for key in client.scan_iter(match=f"*{on_queue}*", count=1000)
+                if not key.decode().startswith(tenancy.key_prefix(TENANT))
+            ]
+        finally:
+            workers.stop_all()
+            credentials.release(pool.namespace, pool.uid)
+            client.close()
+    finally:
+        for each in apps:
+            each.close()
+        workers.stop_all()
+        supervisor.stop_all()
+    off = statistics.median(s.tasks_per_s for s in samples["off"])
+    on = statistics.median(s.tasks_per_s for s in samples["on"])
+    return {
+        "bench": "worker_overhead_tenancy",
+        "tasks": args.tasks,
+        "rounds": args.rounds,
+        "pool": args.pool,
+        "concurrency": args.concurrency,
+        "prefetch": prefetch,
+        "tenant": TENANT,
+        "tenancy_off_tasks_per_s": round(off, 1),
+        "tenancy_on_tasks_per_s": round(on, 1),
+        "ratio": round(on / off, 3),
+        "off_cpu_ms_per_task": round(
+            statistics.median(s.cpu_ms_per_task for s in samples["off"]), 3
+        ),
+        "on_cpu_ms_per_task": round(statistics.median(s.cpu_ms_per_task for s in samples["on"]), 3),
+        "off_rounds": [round(s.tasks_per_s, 1) for s in samples["off"]],
+        "on_rounds": [round(s.tasks_per_s, 1) for s in samples["on"]],
+        "tenant_keys_outside_its_space": foreign,
+    }
+
+
+def report_tenancy(result: dict[str, Any]) -> None:
+    print(
+        f"worker_overhead --tenancy: {result['tasks']} no-op envelope runs x {result['rounds']} "
+        f"rounds per mode, pool={result['pool']} concurrency={result['concurrency']} "
+        f"prefetch={result['prefetch']}; on: Redis user {tenancy.user_name(result['tenant'])}"
+    )
+    for mode, label in (("off", "tenancy off:"), ("on", "tenancy on: ")):
+        print(
+            f"{label} {result[f'tenancy_{mode}_tasks_per_s']:.0f}/s, "
+            f"{result[f'{mode}_cpu_ms_per_task']:.2f} cpu ms/task (rounds "
+            f"{', '.join(f'{r:.0f}' for r in result[f'{mode}_rounds'])})"
+        )
+    print(f"ratio on/off: {result['ratio']:.3f}")
+    print(json.dumps(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=5000)
@@ -356,10 +524,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metrics", action="store_true", help="measure metrics on vs off instead of bare"
     )
+    parser.add_argument(
+        "--tenancy",
+        action="store_true",
+        help="measure a worker under Redis tenancy (a namespace's user) vs one without",
+    )
     args = parser.parse_args(argv)
+    if args.metrics and args.tenancy:
+        parser.error("--metrics and --tenancy are separate measurements: pick one")
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as workdir:
         if args.metrics:
             report_metrics(run_metrics(args, Path(workdir)))
+        elif args.tenancy:
+            report_tenancy(run_tenancy(args, Path(workdir)))
         else:
             report(run(args, Path(workdir)), args)
     return 0
