@@ -274,21 +274,17 @@ class WorkerSettings:
         pool = env.get("BEATKEEPER_WORKER_POOL", "prefork").strip() or "prefork"
         if pool not in ("prefork", "threads"):
             raise ValueError(f"BEATKEEPER_WORKER_POOL={pool!r}: use prefork or threads")
-        verify = env.get("BEATKEEPER_BROKER_TLS_VERIFY", "required").strip() or "required"
-        if verify not in ("required", "optional", "none"):
-            raise ValueError(
-                f"BEATKEEPER_BROKER_TLS_VERIFY={verify!r}: use required, optional or none"
-            )
+        tls = RedisTls.from_env(env)
         return cls(
             broker_url=(
                 env.get("BEATKEEPER_BROKER_URL", "").strip()
                 or env.get("BEATKEEPER_REDIS_URL", "").strip()
                 or cls.broker_url
             ),
-            tls_verify=verify,  # type: ignore[arg-type]
-            tls_ca_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_CA_FILE"),
-            tls_cert_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_CERT_FILE"),
-            tls_key_file=_optional_path(env, "BEATKEEPER_BROKER_TLS_KEY_FILE"),
+            tls_verify=tls.verify,
+            tls_ca_file=tls.ca_file,
+            tls_cert_file=tls.cert_file,
+            tls_key_file=tls.key_file,
             queue=env.get("BEATKEEPER_WORKER_QUEUE", "").strip(),
             tenant=env.get("BEATKEEPER_TENANT", "").strip(),
             pool=pool,  # type: ignore[arg-type]

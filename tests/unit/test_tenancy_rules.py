@@ -107,7 +107,7 @@ def test_a_tenant_pools_pods_use_its_own_secret_and_key_space() -> None:
     spec = parse_worker_pool({"image": "worker:1", "brokerSecretRef": {"name": "shared"}})
     pool = PoolRef("team-a", "p", "uid-1")
     plain = build_worker_deployment(pool, spec, 1)
-    tenant = build_worker_deployment(pool, spec, 1, TenantSecret(secret_name("p"), 2))
+    tenant = build_worker_deployment(pool, spec, 1, TenantSecret(secret_name("p"), 2, "team-a"))
     env = {e["name"]: e for e in tenant["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["BEATKEEPER_TENANT"]["value"] == "team-a"
     assert env["BEATKEEPER_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
@@ -119,7 +119,7 @@ def test_a_tenant_pools_pods_use_its_own_secret_and_key_space() -> None:
     assert "BEATKEEPER_TENANT" not in plain_env
     assert CREDENTIAL_ANNOTATION not in plain["spec"]["template"]["metadata"]["annotations"]
     # A rotation (a new generation) is a new pod template, so the pods restart.
-    rotated = build_worker_deployment(pool, spec, 1, TenantSecret(secret_name("p"), 3))
+    rotated = build_worker_deployment(pool, spec, 1, TenantSecret(secret_name("p"), 3, "team-a"))
     assert rotated["metadata"]["annotations"] != tenant["metadata"]["annotations"]
 
 

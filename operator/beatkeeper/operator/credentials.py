@@ -113,6 +113,9 @@ class TenantCredentials:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._applied: dict[str, tuple[str, float]] = {}  # namespace -> (rules, checked at)
+        # namespace -> (its records, read at): this operator is their only writer, so a
+        # pool's reconcile reads them from Redis only once per check period.
+        self._known: dict[str, tuple[dict[str, PoolCredential], float]] = {}
 
     @staticmethod
     def state_key(namespace: str) -> str:
@@ -124,31 +127,40 @@ class TenantCredentials:
         Raises redis.RedisError or ApiException; nothing is half-written that the
         next call does not finish."""
         with self._lock:
-            now_ms = int(self._clock() * 1000)
-            records = self._records(pool.namespace)
-            mine = records.get(pool.uid)
-            if mine is None or (rotate_token and rotate_token not in mine.tokens):
-                mine = self._rotate(pool, records, rotate_token, now_ms)
+            try:
+                return self._ensure(pool, rotate_token)
+            except Exception:
+                self._known.pop(pool.namespace, None)  # read Redis's record again next time
+                raise
+
+    def _ensure(self, pool: PoolRef, rotate_token: str) -> int:
+        now_ms = int(self._clock() * 1000)
+        records = self._records(pool.namespace)
+        mine = records.get(pool.uid)
+        if mine is None or (rotate_token and rotate_token not in mine.tokens):
+            mine = self._rotate(pool, records, rotate_token, now_ms)
+            self.client.hset(self.state_key(pool.namespace), pool.uid, mine.dump())
+        else:
+            expired = [(h, until) for h, until in mine.retiring if until <= now_ms]
+            if expired:
+                mine.retiring = [item for item in mine.retiring if item not in expired]
                 self.client.hset(self.state_key(pool.namespace), pool.uid, mine.dump())
-            else:
-                expired = [(h, until) for h, until in mine.retiring if until <= now_ms]
-                if expired:
-                    mine.retiring = [item for item in mine.retiring if item not in expired]
-                    self.client.hset(self.state_key(pool.namespace), pool.uid, mine.dump())
-                self._apply(pool.namespace, records, now_ms, force=bool(expired))
-            return mine.generation
+            self._apply(pool.namespace, records, now_ms, force=bool(expired))
+        return mine.generation
 
     def release(self, namespace: str, uid: str) -> None:
         """A pool is gone: its password goes, and the user with the namespace's last pool."""
         with self._lock:
             self.client.hdel(self.state_key(namespace), uid)
             records = self._records(namespace)
+            records.pop(uid, None)
             if records:
                 self._apply(namespace, records, int(self._clock() * 1000), force=True)
                 return
             self.client.acl_deluser(tenancy.user_name(namespace))
             self.client.delete(self.state_key(namespace))
             self._applied.pop(namespace, None)
+            self._known.pop(namespace, None)
             logger.info("removed the Redis user of namespace %s (its last pool is gone)", namespace)
 
     def collect(self, live: Iterable[tuple[str, str]]) -> None:
@@ -165,13 +177,17 @@ class TenantCredentials:
                     self.release(namespace, text)
 
     def _records(self, namespace: str) -> dict[str, PoolCredential]:
+        known = self._known.get(namespace)
+        if known is not None and self._monotonic() - known[1] < CHECK_SECONDS:
+            return known[0]
         raw: Mapping[bytes, bytes] = self.client.hgetall(self.state_key(namespace))  # type: ignore[assignment]
-        found = {}
+        found: dict[str, PoolCredential] = {}
         for uid, value in raw.items():
             try:
                 found[uid.decode()] = PoolCredential.parse(value)
             except (ValueError, TypeError, AttributeError):
                 logger.error("unreadable credential record of %s in %s", uid, namespace)
+        self._known[namespace] = (found, self._monotonic())
         return found
 
     def _rotate(

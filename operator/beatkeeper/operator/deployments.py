@@ -96,10 +96,11 @@ def owner_reference(pool: PoolRef) -> dict[str, Any]:
 @dataclass(frozen=True)
 class TenantSecret:
     """Under Redis tenancy: the Secret the operator wrote the pool's credential into,
-    and its generation (a new one restarts the pods)."""
+    its generation (a new one restarts the pods), and the key space's namespace."""
 
     name: str
     generation: int
+    namespace: str
 
 
 def broker_secret(spec: WorkerPoolSpec, tenant: TenantSecret | None) -> tuple[str, str]:
@@ -110,7 +111,7 @@ def broker_secret(spec: WorkerPoolSpec, tenant: TenantSecret | None) -> tuple[st
 
 
 def worker_env(
-    queue: str, spec: WorkerPoolSpec, tenant: TenantSecret | None = None, namespace: str = ""
+    queue: str, spec: WorkerPoolSpec, tenant: TenantSecret | None = None
 ) -> list[dict[str, Any]]:
     """The pool's worker settings, then the template's env minus the names set here."""
     secret, key = broker_secret(spec, tenant)
@@ -131,7 +132,7 @@ def worker_env(
         {"name": "BEATKEEPER_METRICS_LISTEN", "value": "0.0.0.0"},  # noqa: S104 - the pod network
     ]
     if tenant is not None:
-        ours.insert(2, {"name": "BEATKEEPER_TENANT", "value": namespace})
+        ours.insert(2, {"name": "BEATKEEPER_TENANT", "value": tenant.namespace})
     taken = {item["name"] for item in ours}
     extra = spec.template.env if spec.template else []
     # The pool's identity (queue, broker, allowed tasks) is the spec's, never the template's.
@@ -148,7 +149,7 @@ def _probe(period: int, failures: int) -> dict[str, Any]:
 
 
 def worker_container(
-    queue: str, spec: WorkerPoolSpec, tenant: TenantSecret | None = None, namespace: str = ""
+    queue: str, spec: WorkerPoolSpec, tenant: TenantSecret | None = None
 ) -> dict[str, Any]:
     template = spec.template or PodTemplate()
     container: dict[str, Any] = {
@@ -156,7 +157,7 @@ def worker_container(
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["beatkeeper-worker"],
-        "env": worker_env(queue, spec, tenant, namespace),
+        "env": worker_env(queue, spec, tenant),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
@@ -178,7 +179,7 @@ def worker_container(
 
 
 def pod_spec(
-    queue: str, spec: WorkerPoolSpec, tenant: TenantSecret | None = None, namespace: str = ""
+    queue: str, spec: WorkerPoolSpec, tenant: TenantSecret | None = None
 ) -> dict[str, Any]:
     template = spec.template or PodTemplate()
     pod: dict[str, Any] = {
@@ -189,7 +190,7 @@ def pod_spec(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
-        "containers": [worker_container(queue, spec, tenant, namespace)],
+        "containers": [worker_container(queue, spec, tenant)],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     if template.service_account_name:
@@ -246,7 +247,7 @@ def build_worker_deployment(
                         **_credential_annotation(tenant),
                     },
                 },
-                "spec": pod_spec(queue, spec, tenant, pool.namespace),
+                "spec": pod_spec(queue, spec, tenant),
             },
         },
     }

@@ -64,8 +64,8 @@ class RunRecordStream:
             found[f"{tenancy.key_prefix(namespace)}{contract.RUN_RECORDS_STREAM}"] = namespace
         return found
 
-    def ensure_group(self) -> None:
-        for stream in self.streams():
+    def ensure_group(self, streams: Iterable[str] | None = None) -> None:
+        for stream in self.streams() if streams is None else streams:
             if stream in self._grouped:
                 continue
             try:
@@ -83,7 +83,7 @@ class RunRecordStream:
         """
         streams = self.streams()
         if self.namespaces is not None:
-            self.ensure_group()  # namespaces come and go
+            self.ensure_group(streams)  # namespaces come and go
         pending = (
             self._parse(streams, self._read(streams, "0", count, None)) if self._backlog else []
         )

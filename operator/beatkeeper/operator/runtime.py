@@ -643,7 +643,7 @@ class WorkerPoolReconciler:
             # Raises: a pool whose credential cannot be provisioned cannot work.
             token = observed.annotations.get(ROTATE_ANNOTATION, "")
             generation = self.credentials.ensure(observed.ref, token)
-            tenant = TenantSecret(secret_name(observed.name), generation)
+            tenant = TenantSecret(secret_name(observed.name), generation, observed.namespace)
             space = key_space(observed.namespace)
         if self.probe is not None:
             queue = contract.queue_name(observed.namespace, observed.name)
