@@ -38,13 +38,15 @@ import kubernetes
 import redis
 from kubernetes.client import AppsV1Api
 
-from beatkeeper.devenv.environment import Environment, local_environment
-from beatkeeper.devenv.kube import install_crds, kubectl
-from beatkeeper.devenv.system import start_system
-from beatkeeper_core import contract
-from beatkeeper_core.settings import DevSettings, WorkerSettings
+from beatkeeper_core import contract, keys
+from beatkeeper_core.publish import publish_runs
+from beatkeeper_devenv.environment import Environment, local_environment
+from beatkeeper_devenv.kube import install_crds, kubectl
+from beatkeeper_devenv.settings import DevSettings
+from beatkeeper_devenv.system import start_system
 from beatkeeper_worker.app import create_app
-from beatkeeper_worker.publish import publish_runs
+from beatkeeper_worker.runtime import runtime_for
+from beatkeeper_worker.settings import WorkerSettings
 
 NAMESPACE = "bench-autoscale"
 KEDA_POLLING_INTERVAL_S = 30  # ScaledObject pollingInterval default
@@ -134,7 +136,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> float:
 def finished_runs(client: redis.Redis, prefix: str) -> int:
     """Runs of this object whose final record is in the stream."""
     done = set()
-    for record in contract.stream_records(client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
+    for record in contract.stream_records(client.xrange(keys.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
         if record.run_id.startswith(prefix) and record.state in ("Succeeded", "Failed"):
             done.add(record.run_id)
     return len(done)
@@ -159,7 +161,7 @@ def burst(
         for i in range(runs)
     ]
     published = time.monotonic()
-    publish_runs(app, envelopes)
+    publish_runs(app, envelopes, registry=runtime_for(app).registry())
     app.close()
     raised = wait_for(lambda: pools.replicas(pool_name) > 0, 60, "replicas raised")
     ready = wait_for(lambda: pools.ready(pool_name) > 0, 120, "a worker Ready")
@@ -176,7 +178,7 @@ def burst(
 
 
 def first_running(client: redis.Redis, prefix: str) -> contract.RunRecord | None:
-    for record in contract.stream_records(client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
+    for record in contract.stream_records(client.xrange(keys.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
         if record.run_id.startswith(prefix) and record.state == "Running":
             return record
     return None

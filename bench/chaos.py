@@ -54,13 +54,13 @@ from typing import Any
 
 import redis
 
-from beatkeeper.devenv.environment import Environment, local_environment
-from beatkeeper.devenv.kube import install_crds, kubectl
-from beatkeeper.devenv.netproxy import Partition
-from beatkeeper.devenv.processes import Component, wait_until
-from beatkeeper.devenv.redis import start_redis
-from beatkeeper_core import contract
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_core import contract, keys
+from beatkeeper_devenv.environment import Environment, local_environment
+from beatkeeper_devenv.kube import install_crds, kubectl
+from beatkeeper_devenv.netproxy import Partition
+from beatkeeper_devenv.processes import Component, wait_until
+from beatkeeper_devenv.redis import start_redis
+from beatkeeper_devenv.settings import DevSettings
 
 NAMESPACE = "chaos"
 HERE = Path(__file__).resolve().parent
@@ -284,7 +284,7 @@ def setup(chaos: Chaos) -> None:
 def stream_records(url: str) -> list[contract.RunRecord]:
     client = redis.Redis.from_url(url)
     try:
-        return contract.stream_records(client.xrange(contract.RUN_RECORDS_STREAM))  # type: ignore[arg-type]
+        return contract.stream_records(client.xrange(keys.RUN_RECORDS_STREAM))  # type: ignore[arg-type]
     finally:
         client.close()
 

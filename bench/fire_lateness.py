@@ -27,10 +27,10 @@ from typing import Any
 
 import redis
 
-from beatkeeper.devenv.processes import Component, Supervisor, wait_until
-from beatkeeper.devenv.redis import start_redis
 from beatkeeper_core import contract
 from beatkeeper_core.redbeat import RedbeatStore
+from beatkeeper_devenv.processes import Component, Supervisor, wait_until
+from beatkeeper_devenv.redis import start_redis
 
 REPO = Path(__file__).resolve().parents[1]
 OURS_QUEUE = "beatkeeper.bench.ours"

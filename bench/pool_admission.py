@@ -44,14 +44,15 @@ import kubernetes
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from beatkeeper.devenv.environment import local_environment
-from beatkeeper.devenv.kube import install_crds, kubectl
-from beatkeeper.devenv.users import User, certificate_user, local_ca
 from beatkeeper.operator.access import AccessChecker
 from beatkeeper.operator.kubeapi import KubeApi
 from beatkeeper.operator.runtime import start_admission
+from beatkeeper.operator.settings import OperatorSettings
 from beatkeeper.operator.webhook import Known
-from beatkeeper_core.settings import DevSettings, OperatorSettings
+from beatkeeper_devenv.environment import local_environment
+from beatkeeper_devenv.kube import install_crds, kubectl
+from beatkeeper_devenv.settings import DevSettings
+from beatkeeper_devenv.users import User, certificate_user, local_ca
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"

@@ -29,11 +29,11 @@ from typing import Any
 import kubernetes
 import redis
 
-from beatkeeper.devenv.environment import Environment, local_environment
-from beatkeeper.devenv.kube import install_crds, kubectl
-from beatkeeper.devenv.system import start_operator
-from beatkeeper_core import contract
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_core import keys
+from beatkeeper_devenv.environment import Environment, local_environment
+from beatkeeper_devenv.kube import install_crds, kubectl
+from beatkeeper_devenv.settings import DevSettings
+from beatkeeper_devenv.system import start_operator
 
 NAMESPACE = "bench"
 GROUP, VERSION, PLURAL = "beatkeeper.dev", "v1alpha1", "scheduledtasks"
@@ -134,13 +134,13 @@ class ArmedWatch(threading.Thread):
         self.deadline = time.monotonic() + 1800
 
     def run(self) -> None:
-        schedule_key = contract.redbeat_schedule_key()
-        waiting = {contract.redbeat_key(NAMESPACE, name): name for name in self.names}
+        schedule_key = keys.redbeat_schedule_key()
+        waiting = {keys.redbeat_key(NAMESPACE, name): name for name in self.names}
         while waiting and time.monotonic() < self.deadline:
-            keys = list(waiting)
-            scores = self.client.zmscore(schedule_key, keys)
+            names = list(waiting)
+            scores = self.client.zmscore(schedule_key, names)
             now = time.time()
-            for key, score in zip(keys, scores, strict=True):
+            for key, score in zip(names, scores, strict=True):
                 if score is not None:
                     self.armed[waiting.pop(key)] = now
             time.sleep(0.02)

@@ -60,17 +60,19 @@ from typing import Any
 import redis
 from celery import shared_task
 
-from beatkeeper.devenv.cluster import free_port
-from beatkeeper.devenv.processes import Supervisor, wait_until
-from beatkeeper.devenv.redis import start_redis
 from beatkeeper.operator.credentials import TenantCredentials, secret_name
 from beatkeeper.operator.deployments import PoolRef
-from beatkeeper_core import tenancy
+from beatkeeper.operator.settings import Tenancy
+from beatkeeper_core import keys, tenancy
+from beatkeeper_core.broker import Registries
 from beatkeeper_core.contract import RunEnvelope, RunPolicy, TaskCall, queue_name
-from beatkeeper_core.settings import Tenancy, WorkerSettings
+from beatkeeper_core.publish import publish_run, publish_runs
+from beatkeeper_devenv.cluster import free_port
+from beatkeeper_devenv.processes import Supervisor, wait_until
+from beatkeeper_devenv.redis import start_redis
 from beatkeeper_worker.app import create_app
-from beatkeeper_worker.publish import publish_run, publish_runs
 from beatkeeper_worker.runtime import runtime_for
+from beatkeeper_worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 NOOP = "bench.noop"
@@ -125,7 +127,7 @@ def publish(app: Any, queue: str, kind: str, count: int) -> None:
         envelope = RunEnvelope.for_slot(
             "bench", f"{name}-{i}", slot, TaskCall(name=NOOP), RunPolicy()
         )
-        publish_run(app, envelope, queue)
+        publish_run(app, envelope, queue, registry=runtime_for(app).registry())
 
 
 def drained(client: redis.Redis, queue: str, prefix: str = "") -> bool:
@@ -206,8 +208,8 @@ def measure_runs(app: Any, client: redis.Redis, target: Target, count: int) -> S
     namespace, prefix = target.tenant or "bench", ""
     registry = runtime_for(app).registry()
     if target.tenant:
-        registry = runtime_for(app).registry_for(target.tenant)
-        prefix = tenancy.key_prefix(target.tenant)
+        registry = Registries(registry.client, tenancy=True).for_namespace(target.tenant)
+        prefix = keys.tenant_prefix(target.tenant)
     target.control.control.cancel_consumer(target.queue, reply=True, limit=1, timeout=10)
     slot = dt.datetime.now(dt.UTC)
     name = f"bench-{uuid.uuid4().hex[:8]}"
@@ -463,7 +465,7 @@ def run_tenancy(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             foreign = [
                 key.decode()
                 for key in client.scan_iter(match=f"*{on_queue}*", count=1000)
-                if not key.decode().startswith(tenancy.key_prefix(TENANT))
+                if not key.decode().startswith(keys.tenant_prefix(TENANT))
             ]
         finally:
             workers.stop_all()

@@ -23,11 +23,11 @@ from types import FrameType
 
 import pytest
 
-from beatkeeper.devenv.environment import Environment, local_environment
-from beatkeeper.devenv.kube import install_crds, kubectl
-from beatkeeper.devenv.processes import Supervisor
-from beatkeeper.devenv.redis import start_redis
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.environment import Environment, local_environment
+from beatkeeper_devenv.kube import install_crds, kubectl
+from beatkeeper_devenv.processes import Supervisor
+from beatkeeper_devenv.redis import start_redis
+from beatkeeper_devenv.settings import DevSettings
 
 REPO = Path(__file__).resolve().parents[1]
 _TIERS = ("unit", "integration", "e2e")

@@ -34,8 +34,6 @@ from beatkeeper_core import schedules
 ENTRY_TASK = "beatkeeper.run"
 # Built-in tasks every worker registers without user code (beatkeeper_worker.builtins).
 BUILTIN_TASKS = ("beatkeeper.http", "beatkeeper.sleep")
-RUN_RECORDS_STREAM = "beatkeeper:runs"
-REDBEAT_KEY_PREFIX = "redbeat:"
 MESSAGE_LIMIT = 1024
 
 
@@ -71,13 +69,31 @@ def utc(instant: dt.datetime) -> dt.datetime:
     return instant.astimezone(dt.UTC)
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def format_time(instant: dt.datetime) -> str:
+    """The one time format: RFC 3339 in UTC, whole seconds, `Z` (Kubernetes' metav1.Time).
+
+    Slots in run ids, every time field of status, events and `beatkeeper runs` use it.
+    """
+    return utc(instant).replace(microsecond=0).strftime(TIME_FORMAT)
+
+
+def parse_time(text: object) -> dt.datetime:
+    """A time read from the API (RFC 3339, any offset, fractions allowed), in UTC;
+    raises ValueError."""
+    return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
 def format_slot(slot: dt.datetime) -> str:
-    """A slot as it appears in run ids: UTC, whole seconds, `Z` suffix."""
-    return utc(slot).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A slot as it appears in run ids."""
+    return format_time(slot)
 
 
 def parse_slot(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    """A slot of a run id (exactly `format_slot`'s form)."""
+    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=dt.UTC)
 
 
 def object_key(namespace: str, name: str) -> str:
@@ -120,19 +136,6 @@ def queue_name(namespace: str, pool: str) -> str:
     # The namespace is part of the name, so one namespace's objects can never
     # feed or starve another namespace's workers.
     return f"beatkeeper.{namespace}.{pool}"
-
-
-def redbeat_key(namespace: str, name: str, prefix: str = REDBEAT_KEY_PREFIX) -> str:
-    return f"{prefix}{object_key(namespace, name)}"
-
-
-def redbeat_schedule_key(prefix: str = REDBEAT_KEY_PREFIX) -> str:
-    """redbeat's sorted set of entry keys scored by next due time."""
-    return f"{prefix}:schedule"
-
-
-def redbeat_lock_key(prefix: str = REDBEAT_KEY_PREFIX) -> str:
-    return f"{prefix}:lock"
 
 
 def jitter_delay(run: str, jitter_seconds: int) -> float:

@@ -26,7 +26,7 @@ from typing import cast
 
 import redis
 
-from beatkeeper_core import contract
+from beatkeeper_core import contract, keys
 
 
 class Outcome(Enum):
@@ -88,10 +88,10 @@ def _decode(value: bytes | str | None) -> str | None:
 
 
 class RedbeatStore:
-    def __init__(self, client: redis.Redis, prefix: str = contract.REDBEAT_KEY_PREFIX) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = keys.REDBEAT_KEY_PREFIX) -> None:
         self.client = client
         self.prefix = prefix
-        self.schedule_key = contract.redbeat_schedule_key(prefix)
+        self.schedule_key = keys.redbeat_schedule_key(prefix)
         self._advance = client.register_script(_ADVANCE)
 
     def key(self, name: str) -> str:

@@ -16,16 +16,12 @@ namespace (`beatkeeper.operator.credentials`). This module only names things; it
 
 from __future__ import annotations
 
-import re
 from urllib.parse import quote, urlsplit, urlunsplit
 
-KEY_PREFIX = "bk:"
+from beatkeeper_core import keys
+
 USER_PREFIX = "beatkeeper-"
 URL_KEY = "url"  # the key of a pool's credential Secret that holds its Redis URL
-# The operator's own record of each namespace's credential (admin-only keys).
-STATE_PREFIX = "beatkeeper:tenancy:"
-
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 # What a worker sends: data commands on its own keys, scripts (the run registry),
 # transactions (kombu's restore), pub/sub (events, remote control) and connection
@@ -62,19 +58,8 @@ COMMAND_RULES = (
 )
 
 
-def check_namespace(namespace: str) -> str:
-    if not _NAMESPACE.match(namespace):
-        raise ValueError(f"{namespace!r} is not a namespace name (a DNS label)")
-    return namespace
-
-
-def key_prefix(namespace: str) -> str:
-    """The prefix of every key and channel of the namespace's workers."""
-    return f"{KEY_PREFIX}{check_namespace(namespace)}:"
-
-
 def user_name(namespace: str) -> str:
-    return f"{USER_PREFIX}{check_namespace(namespace)}"
+    return f"{USER_PREFIX}{keys.check_namespace(namespace)}"
 
 
 def acl_rules(namespace: str, password_hashes: list[str], db: int = 0) -> list[str]:
@@ -86,7 +71,7 @@ def acl_rules(namespace: str, password_hashes: list[str], db: int = 0) -> list[s
     patterns, so the one pattern a worker subscribes (kombu's fanout channel of
     Celery's remote control, in database `db`) is listed as itself.
     """
-    prefix = key_prefix(namespace)
+    prefix = keys.tenant_prefix(namespace)
     passwords = [f"#{digest}" for digest in password_hashes]
     return [
         "reset",

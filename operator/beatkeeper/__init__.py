@@ -2,7 +2,7 @@
 
 This distribution holds the operator (`beatkeeper.operator`), the API models
 and admission checks (`beatkeeper.api`), the `beatkeeper` command line and the
-local environment (`beatkeeper.devenv`). The shared core is `beatkeeper_core`
+local environment (`beatkeeper_devenv`). The shared core is `beatkeeper_core`
 and the worker and beat are `beatkeeper_worker`, separate distributions so the
 worker image carries neither kopf nor the Kubernetes client.
 """

@@ -1,8 +1,15 @@
-"""The `beatkeeper` console script."""
+"""The `beatkeeper` console script: `operator`, `beat`, `runs`, `validate`, and the local
+environment's `dev up` and `demo`.
+
+Each command imports its program when it runs, and reads its own settings: the operator
+image (operator, beat, core) has no devenv, and `beatkeeper dev up` says how to get it.
+The worker has its own console script, `beatkeeper-worker` (the worker image's entry point).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -10,8 +17,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from beatkeeper_core.settings import Settings
+if TYPE_CHECKING:
+    from beatkeeper_devenv.settings import DevSettings
 
 
 class _Stop(Exception):
@@ -31,13 +40,33 @@ def _say(message: str) -> None:
     print(f"[beatkeeper] {message}", file=sys.stderr, flush=True)
 
 
-def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
-    from beatkeeper.devenv.environment import local_environment
-    from beatkeeper.devenv.kube import install_crds
-    from beatkeeper.devenv.system import start_system
-    from beatkeeper.operator.deployments import METRICS_PORT
+_NO_DEVENV = (
+    "the local environment is not installed: from a checkout, `make venv` "
+    "(or pip install -e ./devenv)"
+)
 
-    dev = settings.dev
+
+def _dev_settings() -> DevSettings | None:
+    """The local environment's settings; None (said why) where it is not installed."""
+    try:
+        from beatkeeper_devenv.settings import DevSettings
+    except ModuleNotFoundError as error:
+        if error.name != "beatkeeper_devenv":
+            raise
+        _say(_NO_DEVENV)
+        return None
+    return DevSettings.from_env(os.environ)
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    dev = _dev_settings()
+    if dev is None:
+        return 2
+    from beatkeeper.operator.deployments import METRICS_PORT
+    from beatkeeper_devenv.environment import local_environment
+    from beatkeeper_devenv.kube import install_crds
+    from beatkeeper_devenv.system import start_system
+
     kubeconfig = args.kubeconfig or dev.state_dir / "kubeconfig"
     external = args.cluster or dev.external_kubeconfig
     if external is not None and args.only == "node":
@@ -87,8 +116,11 @@ def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from beatkeeper.devenv.demo import run_demo
+def _demo(args: argparse.Namespace) -> int:
+    dev = _dev_settings()
+    if dev is None:
+        return 2
+    from beatkeeper_devenv.demo import run_demo
 
     started = time.monotonic()
 
@@ -98,10 +130,10 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     install_stop_signals()
     try:
         run_demo(
-            settings.dev,
+            dev,
             progress,
             seconds=args.seconds,
-            external_kubeconfig=args.cluster or settings.dev.external_kubeconfig,
+            external_kubeconfig=args.cluster or dev.external_kubeconfig,
             prometheus=args.prometheus,
             screenshot_to=args.screenshot,
         )
@@ -111,36 +143,31 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _operator(_args: argparse.Namespace, _settings: Settings) -> int:
+def _operator(_args: argparse.Namespace) -> int:
     from beatkeeper.operator.main import run
 
     run()
     return 0
 
 
-def _beat(args: argparse.Namespace, _settings: Settings) -> int:
-    from beatkeeper_worker.beat import main
+def _beat(args: argparse.Namespace) -> int:
+    from beatkeeper_beat.scheduler import main
 
     return main(args.passthrough)
 
 
-def _runs(args: argparse.Namespace, settings: Settings) -> int:
+def _runs(args: argparse.Namespace) -> int:
+    from beatkeeper.operator.settings import OperatorSettings
     from beatkeeper.runs_cli import main
 
-    url = args.redis_url or settings.operator.redis_url
+    url = args.redis_url or OperatorSettings.from_env(os.environ).redis_url
     return main(args.target, url, args.limit, args.output, sys.stdout)
 
 
-def _validate(args: argparse.Namespace, _settings: Settings) -> int:
+def _validate(args: argparse.Namespace) -> int:
     from beatkeeper.validate_cli import main
 
     return main(args.paths, args.pools, args.namespace, sys.stdout)
-
-
-def _worker(args: argparse.Namespace, _settings: Settings) -> int:
-    from beatkeeper_worker.main import main
-
-    return main(args.passthrough)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,10 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
         "beat", help="run Celery beat with Beatkeeper's scheduler (HA: run two or more)"
     )
     beat.set_defaults(run=_beat)
-    worker = commands.add_parser(
-        "worker", help="run a Celery worker for BEATKEEPER_WORKER_QUEUE (wraps celery worker)"
-    )
-    worker.set_defaults(run=_worker)
     dev = commands.add_parser("dev", help="the local development environment")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_commands.add_parser(
@@ -243,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_PASSTHROUGH = ("beat", "worker")  # extra arguments go on to celery
+_PASSTHROUGH = ("beat",)  # extra arguments go on to celery
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.passthrough = extra
     else:
         args = parser.parse_args(argv)
-    return int(args.run(args, Settings.from_env()))
+    return int(args.run(args))
 
 
 if __name__ == "__main__":

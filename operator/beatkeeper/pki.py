@@ -1,7 +1,7 @@
 """A small certificate authority: the local control plane's and the webhook's certificates.
 
 Made with the `cryptography` package: kopf's own self-signed path (certbuilder /
-oscrypto) cannot detect Debian 12's OpenSSL 3 (see FACTS.md).
+oscrypto) cannot detect Debian 12's OpenSSL 3.
 """
 
 from __future__ import annotations

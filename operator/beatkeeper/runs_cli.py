@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import redis
 
-from beatkeeper_core import contract, tenancy
+from beatkeeper_core import contract, keys
 
 _BATCH = 2_000
 
@@ -68,11 +68,11 @@ class RunLine:
 
 
 def _time(value: dt.datetime | None) -> str | None:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+    return contract.format_time(value) if value else None
 
 
 def newest_entries(
-    client: redis.Redis, stream: str = contract.RUN_RECORDS_STREAM
+    client: redis.Redis, stream: str = keys.RUN_RECORDS_STREAM
 ) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
     """The stream's entries, newest first, in batches."""
     upper: str | bytes = "+"
@@ -90,12 +90,12 @@ def newest_entries(
 
 def stream_of(client: redis.Redis, namespace: str) -> str:
     """The namespace's own stream when it has one (Redis tenancy), else the shared one."""
-    own = f"{tenancy.key_prefix(namespace)}{contract.RUN_RECORDS_STREAM}"
-    return own if client.exists(own) else contract.RUN_RECORDS_STREAM
+    own = keys.key_space(namespace).records_stream()
+    return own if client.exists(own) else keys.RUN_RECORDS_STREAM
 
 
 def runs_of(
-    client: redis.Redis, object_key: str, limit: int, stream: str = contract.RUN_RECORDS_STREAM
+    client: redis.Redis, object_key: str, limit: int, stream: str = keys.RUN_RECORDS_STREAM
 ) -> list[RunLine]:
     """The object's newest `limit` runs that the stream still holds, newest first."""
     found: dict[str, RunLine] = {}
@@ -149,11 +149,11 @@ def main(target: str, redis_url: str, limit: int, output: str, out: TextIO) -> i
     if not namespace or not name:
         raise SystemExit(f"runs: {target!r}: give NAMESPACE/NAME")
     try:
-        tenancy.check_namespace(namespace)
+        keys.check_namespace(namespace)
     except ValueError as error:
         raise SystemExit(f"runs: {error}") from None
     client = redis.Redis.from_url(redis_url, socket_timeout=10)
-    stream = contract.RUN_RECORDS_STREAM
+    stream = keys.RUN_RECORDS_STREAM
     try:
         stream = stream_of(client, namespace)
         lines = runs_of(client, contract.object_key(namespace, name), limit, stream)

@@ -9,7 +9,7 @@ On the local cluster the host operator runs as its own client-certificate user,
 `HOST_OPERATOR_USER`, bound to nothing but the operator rules the chart renders
 (`helm template`) and the webhook configurations of local mode: so the whole tier
 also shows the chart grants enough. That user and the chart's operator
-ServiceAccounts are audited (`beatkeeper.devenv.cluster.AUDIT_POLICY`), and
+ServiceAccounts are audited (`beatkeeper_devenv.cluster.AUDIT_POLICY`), and
 test_rbac_least_privilege.py, which this conftest orders after every other test
 of the session (`pytest_collection_modifyitems`), compares what they did with
 what the chart grants.
@@ -30,15 +30,15 @@ import pytest
 import yaml
 from e2e_helpers import FAST_WORKER, eventually, service_env
 
-from beatkeeper.devenv.build import ensure_health_checker
-from beatkeeper.devenv.cluster import AUDITED_GROUP, free_port
-from beatkeeper.devenv.environment import Environment
-from beatkeeper.devenv.helm import ensure_helm
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper.devenv.node import GATEWAY
-from beatkeeper.devenv.processes import Component, Supervisor
-from beatkeeper.devenv.redis import start_redis
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.build import ensure_health_checker
+from beatkeeper_devenv.cluster import AUDITED_GROUP, free_port
+from beatkeeper_devenv.environment import Environment
+from beatkeeper_devenv.helm import ensure_helm
+from beatkeeper_devenv.kube import kubectl
+from beatkeeper_devenv.node import GATEWAY
+from beatkeeper_devenv.processes import Component, Supervisor
+from beatkeeper_devenv.redis import start_redis
+from beatkeeper_devenv.settings import DevSettings
 
 WEBHOOK_CONFIG = "beatkeeper.dev"
 HOST_OPERATOR_NAMESPACES = "t-*"  # the `namespace` fixture's names
@@ -341,7 +341,7 @@ class PoolWorkers:
         name = f"worker-{namespace}-{pool}-{len(self.supervisor.components)}"
         component = self.supervisor.start(
             name,
-            [sys.executable, "-m", "beatkeeper.cli", "worker", f"--hostname={name}@%h"],
+            [sys.executable, "-m", "beatkeeper_worker", f"--hostname={name}@%h"],
             env=env,
         )
         eventually(alive.exists, 60)

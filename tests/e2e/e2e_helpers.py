@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from beatkeeper.devenv.environment import Environment
-from beatkeeper.devenv.kube import kubectl
+from beatkeeper_devenv.environment import Environment
+from beatkeeper_devenv.kube import kubectl
 
 # Scaled down (production: 15 s lease, 5 s renew, 1 s sweep) so recovery shows in seconds.
 FAST_WORKER = {

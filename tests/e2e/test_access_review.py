@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from e2e_helpers import apply, eventually, get_json, hostless_pool
 
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper.devenv.users import User, certificate_user, local_ca, service_account_user
 from beatkeeper.operator.deployments import deployment_name
 from beatkeeper.pki import CertificateAuthority
+from beatkeeper_devenv.kube import kubectl
+from beatkeeper_devenv.users import User, certificate_user, local_ca, service_account_user
 
 POOLS = ["workerpools.beatkeeper.dev"]
 DEPLOYMENTS = ["deployments.apps"]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from e2e_helpers import apply, condition, eventually, get_json
 
-from beatkeeper.devenv.kube import kubectl
+from beatkeeper_devenv.kube import kubectl
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from beatkeeper.devenv.kube import kubectl
+from beatkeeper_devenv.kube import kubectl
 
 
 def _unit_fuzz() -> Any:

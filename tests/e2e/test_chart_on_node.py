@@ -40,10 +40,10 @@ from e2e_helpers import (
     verdicts,
 )
 
-from beatkeeper.devenv.helm import Helm, ensure_helm
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper_core import contract
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_core import contract, keys
+from beatkeeper_devenv.helm import Helm, ensure_helm
+from beatkeeper_devenv.kube import kubectl
+from beatkeeper_devenv.settings import DevSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "beatkeeper"
@@ -343,7 +343,7 @@ def test_the_standby_beat_fires_the_next_slot_when_the_active_one_goes(
         release.kubeconfig, release.team, task("pulse", "beats", "e2e.count", "pulse", every="2s")
     )
     eventually(lambda: len(counts(release, "pulse")) >= 2, timeout=60)
-    lock = contract.redbeat_lock_key()
+    lock = keys.redbeat_lock_key()
     active = [name for name in pod_names(release.pods("beat")) if holds_lock(release, name)]
     assert len(active) == 1, active
     assert release.redis.exists(lock)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import eventually, get_json
 
-from beatkeeper.devenv.kube import CRD_NAMES, kubectl
+from beatkeeper_devenv.kube import CRD_NAMES, kubectl
 
 
 def test_server_reports_the_built_version(kubeconfig: Path) -> None:

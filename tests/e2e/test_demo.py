@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from e2e_helpers import eventually
 
-from beatkeeper.devenv.kube import kubectl
+from beatkeeper_devenv.kube import kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SECONDS = 120

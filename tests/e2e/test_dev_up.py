@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from beatkeeper.devenv import node
-from beatkeeper.devenv.helm import ensure_helm
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper.devenv.processes import process_alive
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv import node
+from beatkeeper_devenv.helm import ensure_helm
+from beatkeeper_devenv.kube import kubectl
+from beatkeeper_devenv.processes import process_alive
+from beatkeeper_devenv.settings import DevSettings
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "beatkeeper"
 

@@ -28,7 +28,7 @@ from e2e_helpers import (
 )
 from e2e_helpers import scheduled_task as task
 
-from beatkeeper.devenv.kube import kubectl
+from beatkeeper_devenv.kube import kubectl
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -26,9 +26,9 @@ import pytest
 import yaml
 from e2e_helpers import apply, eventually, get_json
 
-from beatkeeper.devenv.helm import Helm, ensure_helm
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.helm import Helm, ensure_helm
+from beatkeeper_devenv.kube import kubectl
+from beatkeeper_devenv.settings import DevSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "beatkeeper"

@@ -8,7 +8,7 @@ from typing import Any
 
 from e2e_helpers import apply, condition, eventually, get_json
 
-from beatkeeper.devenv.kube import kubectl
+from beatkeeper_devenv.kube import kubectl
 
 BAD_CRON = "*/61 * * * *"
 MESSAGE = f'spec.schedule: "{BAD_CRON}": minute 61 is out of range 0-59'

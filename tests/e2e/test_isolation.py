@@ -25,9 +25,8 @@ import pytest
 import redis
 from e2e_helpers import apply, condition, eventually, get_json, hostless_pool
 
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper.operator.runrecords import PARKED_STREAM
-from beatkeeper_core import contract
+from beatkeeper_core import contract, keys
+from beatkeeper_devenv.kube import kubectl
 
 
 def ticking(name: str, key: str) -> dict[str, Any]:
@@ -87,12 +86,12 @@ def faults(kubeconfig: Path, namespace: str, redis_url: str) -> Iterator[redis.R
     policy = refuse_status_writes(namespace, "refused")
     kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps({"kind": "List",
             "apiVersion": "v1", "items": policy}))  # fmt: skip
-    client.set(contract.redbeat_key(namespace, "wrongtype"), "a string, not an entry")
+    client.set(keys.redbeat_key(namespace, "wrongtype"), "a string, not an entry")
     yield client
     for item in policy:
         kubectl(kubeconfig, "delete", item["kind"].lower(), item["metadata"]["name"],
                 "--ignore-not-found")  # fmt: skip
-    client.delete(contract.redbeat_key(namespace, "wrongtype"))
+    client.delete(keys.redbeat_key(namespace, "wrongtype"))
     client.close()
 
 
@@ -110,7 +109,7 @@ def warnings(kubeconfig: Path, namespace: str, name: str, reason: str) -> list[d
 
 
 def parked(client: redis.Redis, namespace: str, name: str) -> int:
-    entries = client.xrange(PARKED_STREAM)
+    entries = client.xrange(keys.PARKED_STREAM)
     return sum(
         1
         for _id, fields in entries  # type: ignore[union-attr]
@@ -187,8 +186,8 @@ def test_a_notice_from_beat_becomes_a_warning_on_its_object(
         time=dt.datetime.now(dt.UTC),
     )
     client = redis.Redis.from_url(redis_url)
-    # Appended exactly as beat appends it (beatkeeper_worker.beat.Firer._report).
-    from beatkeeper_worker.runs import RunRegistry
+    # Appended exactly as beat appends it (beatkeeper_beat.scheduler.Firer._report).
+    from beatkeeper_core.runs import RunRegistry
 
     RunRegistry(client, lease_seconds=15, retention_seconds=60, records_maxlen=1000).append_notice(
         notice

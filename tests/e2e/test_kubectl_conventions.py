@@ -15,7 +15,7 @@ import redis
 from e2e_helpers import apply, condition, eventually, get_json, hostless_pool
 from e2e_helpers import scheduled_task as task
 
-from beatkeeper.devenv.kube import kubectl
+from beatkeeper_devenv.kube import kubectl
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as s
 
 from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_worker_pool
-from beatkeeper.devenv.kube import kubectl
+from beatkeeper_devenv.kube import kubectl
 
 EXAMPLES = settings(
     max_examples=60,

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from e2e_helpers import apply, eventually, get_json
 
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper.devenv.node import BRIDGE, BRIDGE_MAC
+from beatkeeper_devenv.kube import kubectl
+from beatkeeper_devenv.node import BRIDGE, BRIDGE_MAC
 
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,

@@ -19,13 +19,14 @@ import pytest
 from e2e_helpers import apply, eventually, get_json, hostless_pool
 from e2e_helpers import scheduled_task as task
 
-from beatkeeper.devenv.cluster import free_port
-from beatkeeper.devenv.processes import Supervisor
-from beatkeeper.devenv.prometheus import start_prometheus, targets_up, value
 from beatkeeper_core import contract
-from beatkeeper_core.settings import WorkerSettings
+from beatkeeper_core.publish import publish_runs
+from beatkeeper_devenv.cluster import free_port
+from beatkeeper_devenv.processes import Supervisor
+from beatkeeper_devenv.prometheus import start_prometheus, targets_up, value
 from beatkeeper_worker.app import create_app
-from beatkeeper_worker.publish import publish_runs
+from beatkeeper_worker.runtime import runtime_for
+from beatkeeper_worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -177,6 +178,7 @@ def test_prometheus_sees_exactly_the_runs_that_happened(
             )
             for i in range(20)
         ],
+        registry=runtime_for(app).registry(),
     )  # fmt: skip
     app.close()
     pool = f'{ns},workerpool="burst"'

@@ -1,7 +1,7 @@
 """Least privilege, measured: the chart grants the operator what it uses, and nothing more.
 
 This module runs after every other test of the session (tests/e2e/conftest.py orders it
-last) and reads the local apiserver's audit log (`beatkeeper.devenv.cluster.AUDIT_POLICY`:
+last) and reads the local apiserver's audit log (`beatkeeper_devenv.cluster.AUDIT_POLICY`:
 level Metadata, only ServiceAccounts and `AUDITED_GROUP`) for the requests of the
 session's operators:
 
@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from beatkeeper.devenv.environment import Environment
+from beatkeeper_devenv.environment import Environment
 
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 HERE = Path(__file__).resolve().parent

@@ -18,9 +18,8 @@ import redis
 from e2e_helpers import apply, eventually, get_json, hostless_pool
 from e2e_helpers import scheduled_task as task
 
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper_core import contract
-from beatkeeper_worker import keys
+from beatkeeper_core import contract, keys
+from beatkeeper_devenv.kube import kubectl
 
 
 def status(kubeconfig: Path, namespace: str, name: str) -> dict[str, Any]:

@@ -18,8 +18,8 @@ import redis
 from e2e_helpers import apply, condition, eventually, get_json
 from e2e_helpers import scheduled_task as task
 
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper_core import contract
+from beatkeeper_core import contract, keys
+from beatkeeper_devenv.kube import kubectl
 
 RESYNC = 2.0
 
@@ -36,7 +36,7 @@ def pool(namespace: str) -> dict[str, Any]:
 def records(client: redis.Redis, namespace: str, name: str) -> list[contract.RunRecord]:
     prefix = f"{namespace}/{name}@"
     found = []
-    for record in contract.stream_records(client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
+    for record in contract.stream_records(client.xrange(keys.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
         if record.run_id.startswith(prefix):
             found.append(record)
     return found
@@ -129,11 +129,11 @@ def test_edit_suspend_and_delete(kubeconfig: Path, namespace: str, env: redis.Re
     assert late == [], f"runs published after suspend: {late}"
 
     # Delete removes the entry.
-    key = contract.redbeat_key(namespace, "edit")
+    key = keys.redbeat_key(namespace, "edit")
     assert env.exists(key)
     kubectl(kubeconfig, "delete", "st", "edit", "-n", namespace, "--timeout=30s")
     assert not env.exists(key)
-    assert env.zscore(contract.redbeat_schedule_key(), key) is None
+    assert env.zscore(keys.redbeat_schedule_key(), key) is None
 
 
 def test_failing_task_retries_then_fails_with_attempt_count(
@@ -227,8 +227,8 @@ def test_redbeat_key_deleted_by_hand_heals_without_shifting(
     eventually(
         lambda: condition(get_json(kubeconfig, "st", "healme", "-n", namespace), "Ready"), 15
     )
-    key = contract.redbeat_key(namespace, "healme")
-    schedule = contract.redbeat_schedule_key()
+    key = keys.redbeat_key(namespace, "healme")
+    schedule = keys.redbeat_schedule_key()
     before_next = env.hget(key, "next")
     before_score = env.zscore(schedule, key)
     assert before_next is not None
@@ -254,12 +254,12 @@ def test_operator_restart_loses_no_record_and_duplicates_no_fire(
         task("steady", every="1s", task={"name": "e2e.count", "args": [f"{namespace}:s"]}),
     )
     eventually(lambda: status(kubeconfig, namespace, "steady").get("succeeded", 0) >= 2, 20)
-    before = env.hget(contract.redbeat_key(namespace, "steady"), "definition")
+    before = env.hget(keys.redbeat_key(namespace, "steady"), "definition")
 
     operator.stop()
     time.sleep(4)  # runs go on; their records wait in the stream
     operator.start()
-    assert env.hget(contract.redbeat_key(namespace, "steady"), "definition") == before
+    assert env.hget(keys.redbeat_key(namespace, "steady"), "definition") == before
 
     apply(
         kubeconfig,

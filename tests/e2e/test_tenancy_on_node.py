@@ -22,14 +22,14 @@ import pytest
 import redis
 from e2e_helpers import FAST_WORKER, apply, eventually, get_json, service_env
 
-from beatkeeper.devenv.cluster import free_port
-from beatkeeper.devenv.environment import Environment
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper.devenv.processes import Supervisor
 from beatkeeper.operator.credentials import ROTATE_ANNOTATION, secret_name
 from beatkeeper.operator.deployments import CREDENTIAL_ANNOTATION
-from beatkeeper_core import contract, tenancy
-from beatkeeper_worker.keys import key_space
+from beatkeeper_core import contract, keys, tenancy
+from beatkeeper_core.keys import key_space
+from beatkeeper_devenv.cluster import free_port
+from beatkeeper_devenv.environment import Environment
+from beatkeeper_devenv.kube import kubectl
+from beatkeeper_devenv.processes import Supervisor
 
 PREFIX = "tn-redbeat:"
 
@@ -192,9 +192,9 @@ def test_two_namespaces_share_one_redis_and_reach_only_their_own_keys(
     their_keys = sorted(k.decode() for k in admin.scan_iter(match=f"{theirs.prefix}*"))
     assert theirs.records_stream() in their_keys
     operator_keys = [
-        contract.redbeat_key(second, "tick", PREFIX),
-        contract.redbeat_schedule_key(PREFIX),
-        f"{tenancy.STATE_PREFIX}{second}",
+        keys.redbeat_key(second, "tick", PREFIX),
+        keys.redbeat_schedule_key(PREFIX),
+        f"{keys.TENANCY_STATE_PREFIX}{second}",
     ]
     assert all(admin.exists(key) for key in operator_keys)
     mine = redis.Redis.from_url(url)

@@ -22,12 +22,13 @@ import redis
 from e2e_helpers import CURRENT, FAST_WORKER, apply, condition, eventually, get_json, verdicts
 from kubernetes.client import AppsV1Api
 
-from beatkeeper.devenv.kube import kubectl
 from beatkeeper.operator.deployments import APP_NAME, NAME_LABEL
-from beatkeeper_core import contract
-from beatkeeper_core.settings import WorkerSettings
+from beatkeeper_core import contract, keys
+from beatkeeper_core.publish import publish_runs
+from beatkeeper_devenv.kube import kubectl
 from beatkeeper_worker.app import create_app
-from beatkeeper_worker.publish import publish_runs
+from beatkeeper_worker.runtime import runtime_for
+from beatkeeper_worker.settings import WorkerSettings
 
 
 def pool(name: str, image: str, **spec: Any) -> dict[str, Any]:
@@ -197,7 +198,7 @@ def test_burst_scales_up_within_2s_and_down_after_the_window_losing_nothing(
         for i in range(14)
     ]
     published = time.monotonic()
-    publish_runs(app, runs)
+    publish_runs(app, runs, registry=runtime_for(app).registry())
     app.close()
 
     replicas: list[tuple[float, int]] = []
@@ -293,7 +294,7 @@ def test_pool_at_zero_has_a_ready_worker_before_the_slot(
     def started() -> contract.RunRecord | None:
         """the slot's run started"""
         prefix = f"{team}/once@"
-        for record in contract.stream_records(client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
+        for record in contract.stream_records(client.xrange(keys.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
             if record.run_id.startswith(prefix) and record.state == "Running":
                 return record
         return None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from worker_helpers import Runs, Workers, make_runs
 
-from beatkeeper.devenv.processes import Supervisor
+from beatkeeper_devenv.processes import Supervisor
 
 
 @pytest.fixture

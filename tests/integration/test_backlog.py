@@ -13,8 +13,8 @@ import redis
 from worker_helpers import Runs, Workers
 
 from beatkeeper.operator.autoscaler import BacklogSample, measure, reserved
-from beatkeeper.operator.backlog import PRIORITY_SEP, BacklogProbe
-from beatkeeper_worker import keys
+from beatkeeper.operator.backlog import BacklogProbe
+from beatkeeper_core import keys
 
 
 @pytest.fixture
@@ -25,8 +25,10 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def probe(client: redis.Redis) -> BacklogProbe:
-    return BacklogProbe(client, tally_max_age=0)
+def probe(client: redis.Redis, runs: Runs) -> Iterator[BacklogProbe]:
+    found = BacklogProbe(client, runs.app, tally_max_age=0)
+    yield found
+    found.close()
 
 
 def now() -> dt.datetime:
@@ -40,7 +42,7 @@ def test_queued_counts_every_priority_list(runs: Runs, probe: BacklogProbe) -> N
         runs.app.send_task("bk_test.work", args=["k"], queue=queue, **options)
     lists = {key.decode() for key in runs.client.keys(f"{queue}*")}
     # kombu keeps priorities 3-5 and 6-9 in their own lists, beside the queue's own.
-    assert lists == {queue, f"{queue}{PRIORITY_SEP}3", f"{queue}{PRIORITY_SEP}9"}
+    assert lists == {queue, f"{queue}\x06\x163", f"{queue}\x06\x169"}
     found = probe.measure(queue, now())
     assert found == BacklogSample(queued=5, unacked=0, active=0)
 
@@ -75,13 +77,14 @@ def test_other_queues_are_not_counted_and_the_tally_is_shared(
     other = f"{runs.queue}-other"
     client.hset("unacked", f"tag-{other}", json.dumps([{"body": "x"}, "", other]))
     ticks = iter([0.0, 0.1, 0.2, 5.0])
-    probe = BacklogProbe(client, tally_max_age=1, monotonic=lambda: next(ticks))
+    probe = BacklogProbe(client, runs.app, tally_max_age=1, monotonic=lambda: next(ticks))
     try:
         assert probe.measure(runs.queue, now()).unacked == 0
         assert probe.measure(other, now()).unacked == 1
         client.hset("unacked", f"tag2-{other}", json.dumps([{"body": "y"}, "", other]))
         assert probe.measure(other, now()).unacked == 1  # within tally_max_age: not re-read
     finally:
+        probe.close()
         client.hdel("unacked", f"tag-{other}", f"tag2-{other}")
 
 

@@ -18,11 +18,11 @@ import pytest
 import redis
 from worker_helpers import scrape
 
-from beatkeeper.devenv.cluster import free_port
-from beatkeeper.devenv.netproxy import Partition
-from beatkeeper.devenv.processes import Component, Supervisor, wait_until
-from beatkeeper_core import contract
+from beatkeeper_core import contract, keys
 from beatkeeper_core.redbeat import RedbeatStore
+from beatkeeper_devenv.cluster import free_port
+from beatkeeper_devenv.netproxy import Partition
+from beatkeeper_devenv.processes import Component, Supervisor, wait_until
 
 
 def wait_for(check: Callable[[], Any], timeout: float, why: str) -> Any:
@@ -65,7 +65,7 @@ class Beats:
 
     def records(self, namespace: str) -> list[contract.RunRecord]:
         found = []
-        for record in contract.stream_records(self.client.xrange(contract.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
+        for record in contract.stream_records(self.client.xrange(keys.RUN_RECORDS_STREAM)):  # type: ignore[arg-type]
             if record.namespace == namespace:
                 found.append(record)
         return found
@@ -249,7 +249,7 @@ def test_beat_fires_an_entry_a_newer_operator_wrote(beats: Beats) -> None:
     raw = json.loads(definition.model_dump_json())
     raw.update(version=2, added_in_v2={"any": "value"})
     raw["schedule"]["added_in_v2"] = True
-    key = contract.redbeat_key(namespace, "t", beats.prefix)
+    key = keys.redbeat_key(namespace, "t", beats.prefix)
     assert beats.client.hexists(key, "definition")
     beats.client.hset(key, "definition", json.dumps(raw))
     wait_for(
@@ -326,10 +326,10 @@ def test_an_entry_beat_cannot_plan_is_reported_and_every_other_entry_fires(
     # A definition beat cannot plan (say, from a newer operator): a cron it refuses.
     raw = json.loads(broken.model_dump_json())
     raw["schedule"] = {"kind": "cron", "cron": "61 * * * *"}
-    beats.client.hset(contract.redbeat_key(bad, "t", beats.prefix), "definition", json.dumps(raw))
+    beats.client.hset(keys.redbeat_key(bad, "t", beats.prefix), "definition", json.dumps(raw))
 
     def noticed() -> list[contract.ObjectNotice]:
-        entries = beats.client.xrange(contract.RUN_RECORDS_STREAM)
+        entries = beats.client.xrange(keys.RUN_RECORDS_STREAM)
         found = [
             contract.ObjectNotice.model_validate_json(fields[b"notice"])
             for _id, fields in entries  # type: ignore[union-attr]

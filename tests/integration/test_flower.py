@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from worker_helpers import Runs, Workers
 
-from beatkeeper.devenv.cluster import free_port
-from beatkeeper.devenv.processes import Supervisor, wait_until
 from beatkeeper_core.contract import RetryPolicy, RunState
+from beatkeeper_devenv.cluster import free_port
+from beatkeeper_devenv.processes import Supervisor, wait_until
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from beatkeeper.devenv.cluster import free_port
-from beatkeeper.devenv.processes import Supervisor, wait_until
 from beatkeeper.operator.runtime import RunControl, redis_client
+from beatkeeper.operator.settings import OperatorSettings
 from beatkeeper.pki import CertificateAuthority
-from beatkeeper_core.settings import DevSettings, OperatorSettings
+from beatkeeper_devenv.cluster import free_port
+from beatkeeper_devenv.processes import Supervisor, wait_until
+from beatkeeper_devenv.settings import DevSettings
 
 pytestmark = pytest.mark.integration
 

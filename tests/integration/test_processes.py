@@ -9,8 +9,8 @@ from pathlib import Path
 
 import redis
 
-from beatkeeper.devenv.processes import Supervisor, process_alive
-from beatkeeper.devenv.redis import start_redis
+from beatkeeper_devenv.processes import Supervisor, process_alive
+from beatkeeper_devenv.redis import start_redis
 
 
 def wait_dead(pid: int, timeout: float = 10) -> bool:
@@ -55,8 +55,8 @@ def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from beatkeeper.devenv.processes import Supervisor\n"
-            "from beatkeeper.devenv.redis import start_redis\n"
+            "from beatkeeper_devenv.processes import Supervisor\n"
+            "from beatkeeper_devenv.redis import start_redis\n"
             f"where = Path({str(tmp_path)!r})\n"
             "component, _ = start_redis(Supervisor(where), where)\n"
             "print(component.pid, flush=True)\n"

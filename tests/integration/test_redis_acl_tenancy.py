@@ -20,11 +20,12 @@ import pytest
 import redis
 from worker_helpers import Workers
 
-from beatkeeper.devenv.processes import Supervisor
 from beatkeeper.operator.backlog import BacklogProbe
 from beatkeeper.operator.credentials import TenantCredentials, secret_name
 from beatkeeper.operator.deployments import PoolRef
-from beatkeeper_core import tenancy
+from beatkeeper.operator.settings import Tenancy
+from beatkeeper_core import keys, tenancy
+from beatkeeper_core.broker import Registries
 from beatkeeper_core.contract import (
     RetryPolicy,
     RunEnvelope,
@@ -35,11 +36,12 @@ from beatkeeper_core.contract import (
     queue_name,
     stream_records,
 )
-from beatkeeper_core.settings import Tenancy, WorkerSettings
+from beatkeeper_core.keys import key_space
+from beatkeeper_core.publish import publish_runs
+from beatkeeper_devenv.processes import Supervisor
 from beatkeeper_worker.app import create_app
-from beatkeeper_worker.keys import key_space
-from beatkeeper_worker.publish import publish_runs
 from beatkeeper_worker.runtime import runtime_for
+from beatkeeper_worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +109,8 @@ def _run(app: Any, pool: PoolRef, task: str, **kwargs: Any) -> RunEnvelope:
         TaskCall(name=task, kwargs=kwargs),
         RunPolicy(retry=RetryPolicy(max_retries=0)),
     )
-    registry = runtime_for(app).registry_for(pool.namespace)
+    admin = runtime_for(app).registry().client
+    registry = Registries(admin, tenancy=True).for_namespace(pool.namespace)
     publish_runs(app, [(envelope, queue_name(pool.namespace, pool.name))], registry=registry)
     return envelope
 
@@ -132,7 +135,7 @@ def _finished(admin: redis.Redis, envelope: RunEnvelope, timeout: float = 60) ->
 
 def _foreign_keys(admin: redis.Redis, namespace: str) -> list[str]:
     """Every key of this Redis outside the namespace's key space."""
-    mine = tenancy.key_prefix(namespace)
+    mine = keys.tenant_prefix(namespace)
     found = (key.decode() for key in admin.scan_iter(count=1000))
     return sorted(key for key in found if not key.startswith(mine))
 
@@ -157,7 +160,7 @@ def test_workers_of_two_namespaces_are_confined_to_their_own_keys(
             workers.start(f"w-{pool.namespace}", BEATKEEPER_TENANT=pool.namespace)
         # Each namespace's workers run its runs, under its own user, in its own key space.
         for pool in pools:
-            counter = f"{tenancy.key_prefix(pool.namespace)}count"
+            counter = f"{keys.tenant_prefix(pool.namespace)}count"
             record = _finished(admin, _run(app, pool, "bk_test.work", key=counter))
             assert record.state is RunState.SUCCEEDED, record
             assert admin.get(counter) == b"1"
@@ -169,14 +172,14 @@ def test_workers_of_two_namespaces_are_confined_to_their_own_keys(
         # Task code of one namespace, with its own credential, is refused every key and
         # channel of the other and every key of the operator and beat.
         for mine, theirs in (pools, pools[::-1]):
-            keys = _foreign_keys(admin, mine.namespace)
-            assert any(key.startswith(tenancy.key_prefix(theirs.namespace)) for key in keys)
-            assert {*planted, "beatkeeper:runs"} <= set(keys)
-            assert any(key.startswith(tenancy.STATE_PREFIX) for key in keys)
-            other = tenancy.key_prefix(theirs.namespace)
+            foreign = _foreign_keys(admin, mine.namespace)
+            assert any(key.startswith(keys.tenant_prefix(theirs.namespace)) for key in foreign)
+            assert {*planted, "beatkeeper:runs"} <= set(foreign)
+            assert any(key.startswith(keys.TENANCY_STATE_PREFIX) for key in foreign)
+            other = keys.tenant_prefix(theirs.namespace)
             channels = [f"{other}/0.celeryev/worker.heartbeat", "/0.celeryev/worker.heartbeat"]
             record = _finished(
-                admin, _run(app, mine, "bk_test.reach", keys=keys, channels=channels)
+                admin, _run(app, mine, "bk_test.reach", keys=foreign, channels=channels)
             )
             assert record.state is RunState.SUCCEEDED, record.message
         # Remote control (pidbox) works inside a key space, and reaches only its workers.

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from beatkeeper import cli
-from beatkeeper_core import contract
+from beatkeeper_core import contract, keys
 
 T0 = dt.datetime(2026, 6, 1, 8, 0, 0, tzinfo=dt.UTC)
 S = contract.RunState
@@ -37,7 +37,7 @@ def _append(client: redis.Redis, envelope: contract.RunEnvelope, *states: S) -> 
             fields["completion_time"] = when
             fields["reason"] = "" if state is S.SUCCEEDED else "ValueError"
         record = contract.RunRecord.of(envelope, state, when, **fields)
-        client.xadd(contract.RUN_RECORDS_STREAM, record.to_stream_fields())  # type: ignore[arg-type]
+        client.xadd(keys.RUN_RECORDS_STREAM, record.to_stream_fields())  # type: ignore[arg-type]
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

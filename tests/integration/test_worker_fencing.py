@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from worker_helpers import Runs, Workers
 
-from beatkeeper.devenv.netproxy import Partition
 from beatkeeper_core.contract import RunState
+from beatkeeper_devenv.netproxy import Partition
 
 pytestmark = pytest.mark.timeout(120)
 

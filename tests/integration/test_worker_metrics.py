@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from worker_helpers import Runs, Workers, scrape
 
-from beatkeeper.devenv.cluster import free_port
 from beatkeeper_core.contract import RetryPolicy, RunState
+from beatkeeper_devenv.cluster import free_port
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

@@ -13,10 +13,10 @@ import time
 import pytest
 from worker_helpers import Runs, Workers
 
+from beatkeeper_core import keys
 from beatkeeper_core.contract import RetryPolicy, RunState
-from beatkeeper_worker import keys
+from beatkeeper_core.runs import RunRegistry
 from beatkeeper_worker.retries import promote_due
-from beatkeeper_worker.runs import RunRegistry
 
 pytestmark = pytest.mark.timeout(120)
 

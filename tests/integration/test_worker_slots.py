@@ -18,6 +18,7 @@ import time
 import pytest
 from worker_helpers import Runs, Workers, make_runs
 
+from beatkeeper_core import keys, records
 from beatkeeper_core.contract import (
     ConcurrencyPolicy,
     RetryPolicy,
@@ -25,8 +26,7 @@ from beatkeeper_core.contract import (
     RunState,
     object_key,
 )
-from beatkeeper_worker import keys, records
-from beatkeeper_worker.runs import RunRegistry
+from beatkeeper_core.runs import RunRegistry
 
 pytestmark = pytest.mark.timeout(120)
 

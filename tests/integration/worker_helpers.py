@@ -23,9 +23,8 @@ from typing import Any
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from beatkeeper.devenv.processes import Component, Supervisor, wait_until
+from beatkeeper_core import keys
 from beatkeeper_core.contract import (
-    RUN_RECORDS_STREAM,
     RetryPolicy,
     RunEnvelope,
     RunPolicy,
@@ -35,10 +34,11 @@ from beatkeeper_core.contract import (
     queue_name,
     stream_records,
 )
-from beatkeeper_core.settings import WorkerSettings
-from beatkeeper_worker import keys
+from beatkeeper_core.publish import publish_run, send_run
+from beatkeeper_devenv.processes import Component, Supervisor, wait_until
 from beatkeeper_worker.app import create_app
-from beatkeeper_worker.publish import publish_run, send_run
+from beatkeeper_worker.runtime import runtime_for
+from beatkeeper_worker.settings import WorkerSettings
 
 HERE = Path(__file__).resolve().parent
 
@@ -126,13 +126,17 @@ class Runs:
         return f"bk-test:{self.prefix}:{label}"
 
     def publish(self, envelope: RunEnvelope) -> bool:
-        return publish_run(self.app, envelope, self.queue)
+        return publish_run(
+            self.app, envelope, self.queue, registry=runtime_for(self.app).registry()
+        )
 
     def send(self, envelope: RunEnvelope) -> None:
         send_run(self.app, envelope, self.queue)
 
     def all_records(self) -> list[RunRecord]:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.client.xrange(RUN_RECORDS_STREAM)  # type: ignore[assignment]
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.client.xrange(
+            keys.RUN_RECORDS_STREAM
+        )  # type: ignore[assignment]
         return stream_records(entries)
 
     def records(self, run_id: str) -> list[RunRecord]:

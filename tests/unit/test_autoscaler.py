@@ -1,4 +1,4 @@
-"""The autoscaler's rules (DESIGN.md §3) with an injected clock, and pre-warm slots."""
+"""The autoscaler's rules with an injected clock, and pre-warm slots."""
 
 from __future__ import annotations
 

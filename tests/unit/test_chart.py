@@ -25,8 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from beatkeeper.api import crd
-from beatkeeper.devenv.helm import HELM_VERSION, ensure_helm
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.helm import HELM_VERSION, ensure_helm
+from beatkeeper_devenv.settings import DevSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "beatkeeper"

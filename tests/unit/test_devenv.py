@@ -11,9 +11,9 @@ import pytest
 import yaml
 from cryptography import x509
 
-from beatkeeper.devenv.build import GoBuild
-from beatkeeper.devenv.cluster import free_port, write_kubeconfig
 from beatkeeper.pki import CertificateAuthority
+from beatkeeper_devenv.build import GoBuild
+from beatkeeper_devenv.cluster import free_port, write_kubeconfig
 
 MODULE = Path(__file__).resolve().parents[1] / "cluster"
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from beatkeeper.devenv.build import ensure_kubeconform
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.build import ensure_kubeconform
+from beatkeeper_devenv.settings import DevSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))

@@ -14,9 +14,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from beatkeeper.devenv.helm import ensure_helm
 from beatkeeper.operator.metrics import OperatorMetrics, StateCollector
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_beat import metrics as beat_metrics
+from beatkeeper_devenv.helm import ensure_helm
+from beatkeeper_devenv.settings import DevSettings
 from beatkeeper_worker import metrics as worker_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +64,7 @@ def exported() -> set[str]:
     )  # fmt: skip
     families = [*registry.collect()]
     worker_metrics.worker()
-    worker_metrics.beat()
+    beat_metrics.beat()
     from prometheus_client import REGISTRY
 
     families += [f for f in REGISTRY.collect() if f.name.startswith("beatkeeper_")]

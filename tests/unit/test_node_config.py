@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from beatkeeper.devenv import images, node
-from beatkeeper.devenv.node import NodeConfig, NodePaths
+from beatkeeper_devenv import images, node
+from beatkeeper_devenv.node import NodeConfig, NodePaths
 
 
 def config(tmp_path: Path) -> NodeConfig:

@@ -8,7 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from beatkeeper.operator.metrics import OperatorMetrics, StateCollector
-from beatkeeper_core.settings import BeatSettings, OperatorSettings, WorkerSettings
+from beatkeeper.operator.settings import OperatorSettings
+from beatkeeper_beat.settings import BeatSettings
+from beatkeeper_worker.settings import WorkerSettings
 
 TASK = {
     "status": {

@@ -39,7 +39,7 @@ def rendered(
 ) -> tuple[dict[str, Any], list[Any]]:
     view = RunView.from_status(status or {})
     events = fold(view, records, limit)
-    return render(view, T0 + dt.timedelta(hours=1), suspended=False), events
+    return render(view), events
 
 
 def test_a_successful_run() -> None:
@@ -52,7 +52,7 @@ def test_a_successful_run() -> None:
     assert status["active"] == []
     assert status["lastScheduleTime"] == "2026-06-01T08:00:00Z"
     assert status["lastSuccessfulTime"] == "2026-06-01T08:00:00Z"
-    assert status["nextScheduleTime"] == "2026-06-01T09:00:00Z"
+    assert "nextScheduleTime" not in status  # the reconciler's, its one writer
     assert [h["id"] for h in status["history"]] == ["ns/t@2026-06-01T08:00:00Z"]
     assert events == []
 
@@ -118,10 +118,10 @@ def test_missed_and_skipped_are_counted_with_events() -> None:
     assert [e.reason for e in events] == ["RunMissed"]
 
 
-def test_suspended_leaves_next_time_alone() -> None:
+def test_the_next_time_is_left_to_the_reconciler() -> None:
     view = RunView()
     fold(view, [record(0, S.SUCCEEDED)], 5)
-    assert "nextScheduleTime" not in render(view, None, suspended=True)
+    assert "nextScheduleTime" not in render(view)
 
 
 def test_failure_events_keep_one_message_per_reason_and_name_the_run_elsewhere() -> None:

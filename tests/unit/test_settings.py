@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from beatkeeper_core.settings import DevSettings, Settings
+from beatkeeper_devenv.settings import DevSettings
 
 
 def test_defaults_follow_xdg_under_home() -> None:
@@ -15,7 +15,7 @@ def test_defaults_follow_xdg_under_home() -> None:
 
 
 def test_environment_overrides() -> None:
-    dev = Settings.from_env(
+    dev = DevSettings.from_env(
         {
             "HOME": "/home/u",
             "XDG_CACHE_HOME": "/x/cache",
@@ -23,7 +23,7 @@ def test_environment_overrides() -> None:
             "BEATKEEPER_KUBECONFIG": "~/kc",
             "BEATKEEPER_REDIS_SERVER": "/opt/redis-server",
         }
-    ).dev
+    )
     assert dev.cache_dir == Path("/x/cache/beatkeeper")
     assert dev.state_dir == Path("/s")
     assert dev.external_kubeconfig == Path("~/kc").expanduser()

@@ -8,7 +8,6 @@ import os
 import pytest
 
 from beatkeeper.api.validation import parse_worker_pool
-from beatkeeper.devenv.helm import ensure_helm
 from beatkeeper.operator.credentials import secret_name
 from beatkeeper.operator.deployments import (
     CREDENTIAL_ANNOTATION,
@@ -16,10 +15,14 @@ from beatkeeper.operator.deployments import (
     TenantSecret,
     build_worker_deployment,
 )
-from beatkeeper_core import tenancy
-from beatkeeper_core.settings import BeatSettings, DevSettings, OperatorSettings, WorkerSettings
+from beatkeeper.operator.settings import OperatorSettings
+from beatkeeper_beat.settings import BeatSettings
+from beatkeeper_core import keys, tenancy
+from beatkeeper_core.keys import ROOT, key_space
+from beatkeeper_devenv.helm import ensure_helm
+from beatkeeper_devenv.settings import DevSettings
 from beatkeeper_worker.app import transport_options
-from beatkeeper_worker.keys import ROOT, key_space
+from beatkeeper_worker.settings import WorkerSettings
 
 
 def test_every_key_of_a_namespace_is_under_its_prefix() -> None:
@@ -57,7 +60,7 @@ def test_acl_rules_confine_keys_channels_and_commands() -> None:
 @pytest.mark.parametrize("name", ["Team", "a_b", "", "a" * 64, "x:y", "*"])
 def test_a_namespace_that_is_not_a_dns_label_has_no_key_space(name: str) -> None:
     with pytest.raises(ValueError, match="is not a namespace name"):
-        tenancy.key_prefix(name)
+        keys.tenant_prefix(name)
 
 
 def test_credential_url_keeps_the_address_and_adds_the_user() -> None:

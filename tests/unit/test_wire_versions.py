@@ -55,7 +55,7 @@ def test_the_operator_reads_a_newer_run_record() -> None:
     parsed = contract.RunRecord.from_stream_fields({"record": json.dumps(raw)})
     view = RunView.from_status({})
     fold(view, [parsed], 5)
-    status = render(view, None, False)
+    status = render(view)
     assert status["succeeded"] == 1
     assert status["lastRun"]["state"] == "Succeeded"
 

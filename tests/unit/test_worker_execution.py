@@ -17,6 +17,7 @@ from beatkeeper_core.contract import (
     RunState,
     TaskCall,
 )
+from beatkeeper_core.runs import Replaced
 from beatkeeper_worker.execution import (
     missed_record,
     parse_envelope,
@@ -25,7 +26,6 @@ from beatkeeper_worker.execution import (
     skipped_record,
 )
 from beatkeeper_worker.retries import plan_retry
-from beatkeeper_worker.runs import Replaced
 
 SLOT = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 REGISTERED = {"beatkeeper.run", "beatkeeper.http", "app.reports.daily", "app.other"}

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from beatkeeper_core.runs import HeldLease
 from beatkeeper_worker.leases import Lease, LeaseKeeper, RunStopped
-from beatkeeper_worker.runs import HeldLease
 
 
 class FakeRegistry:

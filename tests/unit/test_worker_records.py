@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
+from beatkeeper_core import records
 from beatkeeper_core.contract import RunEnvelope, RunPolicy, RunRecord, RunState, TaskCall
-from beatkeeper_worker import records
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 ENVELOPE = RunEnvelope.for_slot("ns", "job", NOW, TaskCall(name="app.t"), RunPolicy())

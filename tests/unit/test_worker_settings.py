@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from beatkeeper_core.broker import broker_ssl
 from beatkeeper_core.contract import allowed_task_globs
-from beatkeeper_core.settings import Settings, WorkerSettings
-from beatkeeper_worker.app import broker_ssl, celery_config
+from beatkeeper_worker.app import celery_config
 from beatkeeper_worker.main import worker_argv
-from beatkeeper_worker.runtime import redis_options
+from beatkeeper_worker.settings import WorkerSettings
 
 
 def test_defaults_are_production_values() -> None:
@@ -31,7 +31,10 @@ def test_defaults_are_production_values() -> None:
     assert worker.visibility_timeout_seconds == 30
     assert worker.restore_interval_seconds == 5
     assert worker.liveness_file == Path("/tmp/beatkeeper-worker.alive")
-    assert Settings.from_env({"HOME": "/h"}).worker == worker
+    # Only the worker's own variables count: the operator's and the dev environment's are
+    # not read (a bad value of theirs does not stop a worker).
+    others = {"HOME": "/h", "BEATKEEPER_WEBHOOK": "bogus", "BEATKEEPER_CACHE_DIR": "/c"}
+    assert WorkerSettings.from_env(others) == worker
 
 
 def test_environment_overrides() -> None:
@@ -64,9 +67,11 @@ def test_environment_overrides() -> None:
     assert worker.log_level == "DEBUG"
 
 
-def test_operator_redis_url_is_the_fallback_broker() -> None:
+def test_the_operators_redis_url_is_not_the_workers() -> None:
     env = {"BEATKEEPER_REDIS_URL": "redis://shared:6379/0"}
-    assert WorkerSettings.from_env(env).broker_url == "redis://shared:6379/0"
+    assert WorkerSettings.from_env(env).broker_url == "redis://127.0.0.1:6379/0"
+    env["BEATKEEPER_BROKER_URL"] = "redis://broker:6379/0"
+    assert WorkerSettings.from_env(env).broker_url == "redis://broker:6379/0"
 
 
 @pytest.mark.parametrize(
@@ -118,15 +123,16 @@ def test_rediss_gets_tls_options_for_celery_and_redis_py() -> None:
         tls_cert_file=Path("/tls.crt"),
         tls_key_file=Path("/tls.key"),
     )
-    assert broker_ssl(settings) == {
+    assert broker_ssl(settings.broker_url, settings.tls) == {
         "ssl_cert_reqs": ssl.CERT_REQUIRED,
         "ssl_ca_certs": "/ca.pem",
         "ssl_certfile": "/tls.crt",
         "ssl_keyfile": "/tls.key",
     }
-    assert redis_options(settings)["ssl_cert_reqs"] == "required"
-    assert redis_options(settings)["ssl_ca_certs"] == "/ca.pem"
-    assert redis_options(WorkerSettings()) == {}
+    options = settings.tls.redis_options(settings.broker_url)
+    assert options["ssl_cert_reqs"] == "required"
+    assert options["ssl_ca_certs"] == "/ca.pem"
+    assert WorkerSettings().tls.redis_options(WorkerSettings().broker_url) == {}
 
 
 def test_worker_argv_names_queue_pool_and_concurrency_then_passes_extras() -> None:

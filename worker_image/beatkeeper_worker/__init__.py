@@ -17,11 +17,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from beatkeeper_core.publish import publish_run
     from beatkeeper_worker.app import create_app
     from beatkeeper_worker.errors import PermanentError
     from beatkeeper_worker.execution import current_run
     from beatkeeper_worker.main import main
-    from beatkeeper_worker.publish import publish_run
 
 __all__ = ["PermanentError", "create_app", "current_run", "main", "publish_run"]
 
@@ -30,7 +30,7 @@ _HOMES = {
     "create_app": "beatkeeper_worker.app",
     "current_run": "beatkeeper_worker.execution",
     "main": "beatkeeper_worker.main",
-    "publish_run": "beatkeeper_worker.publish",
+    "publish_run": "beatkeeper_core.publish",
 }
 
 

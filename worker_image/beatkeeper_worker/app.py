@@ -1,6 +1,6 @@
 """The Celery app of a worker pod, built from `WorkerSettings`.
 
-Configuration choices (DESIGN.md §3, FACTS.md):
+Configuration choices (the broker's shared part is `beatkeeper_core.broker`):
 - JSON only, everywhere; no result backend (outcomes go to the run-record stream).
 - `acks_late` + `reject_on_worker_lost`: a killed process's message is redelivered;
   prefetch multiplier = the pool's prefetch (default 1).
@@ -12,36 +12,23 @@ Configuration choices (DESIGN.md §3, FACTS.md):
 from __future__ import annotations
 
 import logging
-import ssl
 from typing import Any
 
 import redis
 from celery import Celery
 from celery.worker.request import Request
 
-from beatkeeper_core import tenancy
+from beatkeeper_core import broker, keys
 from beatkeeper_core.contract import ENTRY_TASK
-from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker.builtins import register_builtins
 from beatkeeper_worker.execution import record_hard_limit
 from beatkeeper_worker.liveness import liveness_step
 from beatkeeper_worker.registered import RegisteredTasksStep
 from beatkeeper_worker.runtime import WorkerRuntime, register_runtime, runtime_for
+from beatkeeper_worker.settings import WorkerSettings
 from beatkeeper_worker.sweeper import SweeperStep
 
 log = logging.getLogger(__name__)
-
-_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
-
-
-def broker_ssl(settings: WorkerSettings) -> dict[str, Any] | None:
-    """Celery's broker_use_ssl: the one set of TLS options, verification as ssl's constant."""
-    options: dict[str, Any] = dict(settings.tls.redis_options(settings.broker_url))
-    if not options:
-        return None
-    options["ssl_cert_reqs"] = _CERT_REQS[settings.tls_verify]
-    return options
-
 
 # kombu's restore holds a Redis mutex: a worker killed while holding it must not stop
 # every restore for kombu's default 5 minutes.
@@ -59,23 +46,16 @@ def transport_options(settings: WorkerSettings) -> dict[str, float | str]:
     if settings.tenant:
         # Every kombu key and channel (queues, unacked, bindings, events, remote
         # control) in the namespace's key space, which its Redis user is confined to.
-        options["global_keyprefix"] = tenancy.key_prefix(settings.tenant)
+        options["global_keyprefix"] = keys.tenant_prefix(settings.tenant)
     return options
 
 
 def celery_config(settings: WorkerSettings) -> dict[str, Any]:
+    shared = broker.celery_config(
+        settings.broker_url, settings.tls, transport_options=transport_options(settings)
+    )
     return {
-        "broker_url": settings.broker_url,
-        "broker_use_ssl": broker_ssl(settings),
-        "broker_transport_options": transport_options(settings),
-        "broker_connection_retry_on_startup": True,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "event_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "result_backend": None,
-        "task_ignore_result": True,
+        **shared,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
@@ -90,8 +70,6 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         # them, and the redelivery of an unacked message is dropped by the claim.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "imports": list(settings.task_modules),
-        "enable_utc": True,
-        "timezone": "UTC",
     }
 
 

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from beatkeeper_core.contract import BUILTIN_TASKS
+from beatkeeper_core.records import redact
 from beatkeeper_worker import egress
 from beatkeeper_worker.errors import InvalidRequest, UnexpectedStatus
 from beatkeeper_worker.execution import current_run
-from beatkeeper_worker.records import redact
 
 HTTP_TASK, SLEEP_TASK = BUILTIN_TASKS
 _SLEEP_STEP = 0.05  # short naps, so an asynchronous interrupt lands promptly

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from beatkeeper_core.settings import WorkerSettings
 from beatkeeper_worker.app import create_app
+from beatkeeper_worker.settings import WorkerSettings
 
 app = create_app(WorkerSettings.from_env(os.environ))

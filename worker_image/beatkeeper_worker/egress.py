@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from beatkeeper_core.records import redact
 from beatkeeper_worker.errors import HostRefused, InvalidRequest
-from beatkeeper_worker.records import redact
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[..., Sequence[tuple[object, object, object, object, tuple[object, ...]]]]

@@ -39,6 +39,7 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 
+from beatkeeper_core import records
 from beatkeeper_core.contract import (
     ENTRY_TASK,
     RunEnvelope,
@@ -46,12 +47,12 @@ from beatkeeper_core.contract import (
     RunState,
     allowed_task_globs,
 )
-from beatkeeper_core.settings import WorkerSettings
-from beatkeeper_worker import metrics, records
+from beatkeeper_core.runs import Claim, HeldLease, Replaced, RunRegistry
+from beatkeeper_worker import metrics
 from beatkeeper_worker.errors import PermanentError
 from beatkeeper_worker.leases import Lease, LeaseKeeper, RunStopped
 from beatkeeper_worker.retries import RetryPlan, plan_retry
-from beatkeeper_worker.runs import Claim, HeldLease, Replaced, RunRegistry
+from beatkeeper_worker.settings import WorkerSettings
 from beatkeeper_worker.taskevents import TaskEvents
 
 log = logging.getLogger(__name__)

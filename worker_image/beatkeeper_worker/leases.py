@@ -44,8 +44,8 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from beatkeeper_core.contract import RunEnvelope
+from beatkeeper_core.runs import HeldLease, RunRegistry
 from beatkeeper_worker.metrics import WorkerMetrics
-from beatkeeper_worker.runs import HeldLease, RunRegistry
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if path is None:
         import os
 
-        from beatkeeper_core.settings import WorkerSettings
+        from beatkeeper_worker.settings import WorkerSettings
 
         path = WorkerSettings.from_env(os.environ).liveness_file
     alive = is_alive(path, args.max_age)

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from beatkeeper_core.settings import Settings, WorkerSettings
+from beatkeeper_worker.settings import WorkerSettings
 
 
 def worker_argv(settings: WorkerSettings, extra: Sequence[str] = ()) -> list[str]:
@@ -30,7 +30,7 @@ def worker_argv(settings: WorkerSettings, extra: Sequence[str] = ()) -> list[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker in the foreground; SIGTERM is a warm shutdown (running tasks finish)."""
-    settings = Settings.from_env(os.environ).worker
+    settings = WorkerSettings.from_env(os.environ)
     if not settings.queue:
         print("beatkeeper worker: set BEATKEEPER_WORKER_QUEUE to the pool's queue", file=sys.stderr)
         return 2

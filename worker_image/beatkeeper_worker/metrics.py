@@ -1,14 +1,14 @@
-"""Prometheus metrics of a worker and of beat, served on `BEATKEEPER_METRICS_PORT`.
+"""Prometheus metrics of a worker, served on `BEATKEEPER_METRICS_PORT`.
 
 A prefork worker counts in its pool's child processes, so it runs in
 prometheus-client's multiprocess mode: `enable` points PROMETHEUS_MULTIPROC_DIR at
 an empty directory (in the pod, under the /tmp emptyDir) before prometheus_client
 is imported, the children inherit it, and the main process serves what every
-process wrote. A threads worker and beat count in one process and serve the
-default registry.
+process wrote. A threads worker counts in one process and serves the default
+registry.
 
 Label sets are bounded: `task` is a name the worker registers (anything else is
-counted as `unregistered`), `state` a run state, `why` and `trigger` fixed words.
+counted as `unregistered`), `state` a run state, `why` a fixed word.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNREGISTERED = "unregistered"
 # Runs last from milliseconds to hours.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
-LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 def enable(metrics_dir: Path | None) -> None:
@@ -107,39 +106,7 @@ class WorkerMetrics:
         )
 
 
-class BeatMetrics:
-    """What beat counts (one process)."""
-
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
-
-        self.fires = Counter(
-            "beatkeeper_beat_fires_total",
-            "Runs beat published, by trigger (schedule, catch-up).",
-            ["trigger"],
-        )
-        self.lateness = Histogram(
-            "beatkeeper_beat_fire_lateness_seconds",
-            "How late beat published each scheduled run after its due time (slot plus "
-            "jitter; catch-up runs are late by design and not observed).",
-            buckets=LATENESS_BUCKETS,
-        )
-        self.missed = Counter(
-            "beatkeeper_beat_missed_slots_total",
-            "Slots beat recorded Missed instead of running them (outside catchUp).",
-        )
-        self.lock_held = Gauge(
-            "beatkeeper_beat_lock_held",
-            "1 while this beat replica holds the HA lock (and fires), else 0.",
-        )
-        self.lock_takeovers = Counter(
-            "beatkeeper_beat_lock_acquisitions_total",
-            "Times this replica took the HA lock (at start, or over from another replica).",
-        )
-
-
 _worker: WorkerMetrics | None = None
-_beat: BeatMetrics | None = None
 
 
 def worker() -> WorkerMetrics:
@@ -149,13 +116,6 @@ def worker() -> WorkerMetrics:
     if _worker is None:
         _worker = WorkerMetrics()
     return _worker
-
-
-def beat() -> BeatMetrics:
-    global _beat  # noqa: PLW0603 - one set per process
-    if _beat is None:
-        _beat = BeatMetrics()
-    return _beat
 
 
 def task_label(name: str, registered: Any) -> str:

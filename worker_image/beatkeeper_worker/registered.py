@@ -19,8 +19,8 @@ from typing import Any
 import redis
 from celery import bootsteps
 
+from beatkeeper_core import keys
 from beatkeeper_core.contract import ENTRY_TASK
-from beatkeeper_worker import keys
 from beatkeeper_worker.runtime import redis_client, runtime_for
 
 log = logging.getLogger(__name__)

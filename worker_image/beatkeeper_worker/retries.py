@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from beatkeeper_core.contract import RunEnvelope
-from beatkeeper_worker.runs import RunRegistry
+from beatkeeper_core.runs import RunRegistry
 
 log = logging.getLogger(__name__)
 

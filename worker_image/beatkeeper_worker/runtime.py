@@ -10,43 +10,29 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from beatkeeper_core.settings import TlsVerify, WorkerSettings
+from beatkeeper_core import broker
+from beatkeeper_core.keys import KeySpace, key_space
+from beatkeeper_core.runs import RunRegistry
 from beatkeeper_worker import metrics
 from beatkeeper_worker.execution import Executor, record_threads_hard_limit
-from beatkeeper_worker.keys import KeySpace, key_space
 from beatkeeper_worker.leases import LeaseKeeper, SignalInterrupter, ThreadInterrupter
-from beatkeeper_worker.runs import RunRegistry
+from beatkeeper_worker.settings import WorkerSettings
 
 _RUNTIMES: weakref.WeakKeyDictionary[Any, WorkerRuntime] = weakref.WeakKeyDictionary()
 
 
-def redis_options(settings: WorkerSettings) -> dict[str, str]:
-    """redis-py keyword arguments for the broker's Redis (TLS for rediss:// URLs)."""
-    return settings.tls.redis_options(settings.broker_url)
-
-
 def redis_client(settings: WorkerSettings, *, single_connection: bool = False) -> redis.Redis:
-    """A client for the broker's Redis.
-
-    `single_connection` skips the connection pool's per-command bookkeeping (its
-    liveness check alone costs more system calls than the command): right for a
-    process that runs one task at a time. Every call times out after a renewal
-    period: an unreachable Redis is an error to handle, never a hang.
-    """
-    return redis.Redis.from_url(
+    """A client for the broker's Redis, whose calls time out after a renewal period."""
+    return broker.redis_client(
         settings.broker_url,
-        health_check_interval=30,
-        socket_keepalive=True,
-        socket_timeout=settings.renew_seconds,
-        socket_connect_timeout=settings.renew_seconds,
-        single_connection_client=single_connection,
-        **redis_options(settings),
+        settings.tls,
+        timeout=settings.renew_seconds,
+        single_connection=single_connection,
     )
 
 
@@ -56,7 +42,6 @@ class _ProcessState:
     registry: RunRegistry
     keeper: LeaseKeeper | None = None
     executor: Executor | None = None
-    tenants: dict[str, RunRegistry] = field(default_factory=dict)
 
 
 class WorkerRuntime:
@@ -73,18 +58,6 @@ class WorkerRuntime:
     def registry(self) -> RunRegistry:
         """The registry of this worker's own key space."""
         return self._process().registry
-
-    def registry_for(self, namespace: str) -> RunRegistry:
-        """The registry of a namespace's key space, on this process's connection (beat
-        and the operator, which hold the administrative credential, under tenancy)."""
-        state = self._process()
-        with self._lock:
-            found = state.tenants.get(namespace)
-            if found is None:
-                found = state.tenants[namespace] = self._registry_on(
-                    state.registry.client, key_space(namespace)
-                )
-            return found
 
     def keeper(self) -> LeaseKeeper:
         state = self._process()
@@ -152,36 +125,8 @@ def register_runtime(app: Any, settings: WorkerSettings) -> WorkerRuntime:
 
 
 def runtime_for(app: Any) -> WorkerRuntime:
-    """The app's runtime; apps not built by `create_app` (beat) get one from their config."""
+    """The runtime of an app built by `create_app`."""
     runtime = _RUNTIMES.get(app)
     if runtime is None:
-        runtime = register_runtime(app, _settings_from_conf(app.conf))
+        raise LookupError(f"{app!r} was not built by beatkeeper_worker.app.create_app")
     return runtime
-
-
-def _settings_from_conf(conf: Any) -> WorkerSettings:
-    ssl_options = conf.broker_use_ssl if isinstance(conf.broker_use_ssl, dict) else {}
-    paths = {
-        name: Path(value) if value else None
-        for name, value in (
-            ("ca", ssl_options.get("ssl_ca_certs")),
-            ("cert", ssl_options.get("ssl_certfile")),
-            ("key", ssl_options.get("ssl_keyfile")),
-        )
-    }
-    return WorkerSettings(
-        broker_url=str(conf.broker_url),
-        tls_verify=_verify_mode(ssl_options.get("ssl_cert_reqs")),
-        tls_ca_file=paths["ca"],
-        tls_cert_file=paths["cert"],
-        tls_key_file=paths["key"],
-    )
-
-
-def _verify_mode(value: object) -> TlsVerify:
-    # Celery takes ssl.CERT_* constants (an IntEnum) or their names.
-    if isinstance(value, str):
-        value = {"none": 0, "optional": 1}.get(value.lower().removeprefix("cert_"), 2)
-    if value == 0:
-        return "none"
-    return "optional" if value == 1 else "required"

@@ -27,11 +27,11 @@ import redis
 from celery import bootsteps
 
 from beatkeeper_core.contract import RunEnvelope
+from beatkeeper_core.publish import send_run
+from beatkeeper_core.runs import RunRegistry
 from beatkeeper_worker import metrics
 from beatkeeper_worker.metrics import WorkerMetrics
-from beatkeeper_worker.publish import send_run
 from beatkeeper_worker.retries import promote_due
-from beatkeeper_worker.runs import RunRegistry
 from beatkeeper_worker.runtime import runtime_for
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,22 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 from pydantic.alias_generators import to_camel
+
+from beatkeeper_core import contract
 
 GROUP = "beatkeeper.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+# A ScheduledTask's finalizer: admission adds it, the reconciler removes it once the
+# object's redbeat entry is gone (kopf's own is `kopf.` + this, and never on our objects).
+FINALIZER = f"{GROUP}/finalizer"
+
+# A time field of status, written in the one time format (`contract.format_time`).
+StatusTime = Annotated[
+    AwareDatetime, PlainSerializer(contract.format_time, return_type=str, when_used="json")
+]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
@@ -68,9 +78,7 @@ class Condition(ApiModel):
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="One CamelCase word for the last transition.")
     message: str = Field(default="", description="Human-readable details of the condition.")
-    last_transition_time: AwareDatetime = Field(
-        description="When the condition last changed status."
-    )
+    last_transition_time: StatusTime = Field(description="When the condition last changed status.")
     observed_generation: int = Field(
         default=0, ge=0, description="The metadata.generation this condition was computed for."
     )

@@ -1,4 +1,4 @@
-"""ScheduledTask: what runs, when, and with which retry policy (DESIGN.md §2)."""
+"""ScheduledTask: what runs, when, and with which retry policy (the README, "The API")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, model_validator
 
-from beatkeeper.api.base import CRD, ApiModel, Condition, DnsLabel, cel, conditions_field
+from beatkeeper.api.base import (
+    CRD,
+    ApiModel,
+    Condition,
+    DnsLabel,
+    StatusTime,
+    cel,
+    conditions_field,
+)
 
 KIND = "ScheduledTask"
 PLURAL = "scheduledtasks"
@@ -258,13 +266,11 @@ class RunStatus(ApiModel):
     """One run as status shows it."""
 
     id: str = Field(description="<namespace>/<name>@<slot>, unique per slot.")
-    scheduled_time: AwareDatetime = Field(description="The slot this run belongs to.")
-    start_time: AwareDatetime | None = Field(
+    scheduled_time: StatusTime = Field(description="The slot this run belongs to.")
+    start_time: StatusTime | None = Field(
         default=None, description="When the latest attempt started."
     )
-    completion_time: AwareDatetime | None = Field(
-        default=None, description="When the run finished."
-    )
+    completion_time: StatusTime | None = Field(default=None, description="When the run finished.")
     state: RunState = Field(description="The run's state.")
     attempts: int = Field(default=0, ge=0, description="Attempts started so far.")
     reason: str = Field(default="", description="Why it ended so, such as TimeLimitExceeded.")
@@ -292,13 +298,13 @@ class ScheduledTaskStatus(ApiModel):
     schedule: str | None = Field(
         default=None, description="The schedule in words (the Schedule printer column)."
     )
-    next_schedule_time: AwareDatetime | None = Field(
+    next_schedule_time: StatusTime | None = Field(
         default=None, description="When the next run is due (jitter not included)."
     )
-    last_schedule_time: AwareDatetime | None = Field(
+    last_schedule_time: StatusTime | None = Field(
         default=None, description="The slot of the latest run."
     )
-    last_successful_time: AwareDatetime | None = Field(
+    last_successful_time: StatusTime | None = Field(
         default=None, description="When a run last succeeded."
     )
     active: list[str] = Field(default_factory=list, description="Ids of runs in flight.")

@@ -1,12 +1,12 @@
-"""WorkerPool: where runs execute, and how the pool scales (DESIGN.md §2)."""
+"""WorkerPool: where runs execute, and how the pool scales (the README, "The API")."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
-from beatkeeper.api.base import CRD, ApiModel, Condition, cel, conditions_field
+from beatkeeper.api.base import CRD, ApiModel, Condition, StatusTime, cel, conditions_field
 from beatkeeper_core.contract import allowed_task_globs
 
 KIND = "WorkerPool"
@@ -244,7 +244,7 @@ class WorkerPoolStatus(ApiModel):
     desired_replicas: int = Field(default=0, ge=0, description="What the pool wants now.")
     backlog: int = Field(default=0, ge=0, description="Queued + reserved + running tasks.")
     active: int = Field(default=0, ge=0, description="Tasks running now.")
-    last_scale_time: AwareDatetime | None = Field(
+    last_scale_time: StatusTime | None = Field(
         default=None, description="When the operator last changed the replica count."
     )
     selector: str | None = Field(

@@ -1,6 +1,6 @@
 """The autoscaler: a backlog sample, the pool's policy and `now` in; a replica count out.
 
-Pure (DESIGN.md §3). The reconciler measures the backlog (`backlog.BacklogProbe`),
+Pure. The reconciler measures the backlog (`backlog.BacklogProbe`),
 keeps the `ScalerState` between polls, and applies the decision to the Deployment.
 The rules, in order:
 

@@ -1,11 +1,15 @@
 """The backlog adapter: what waits for one pool, measured in Redis in one round trip.
 
-Kombu's Redis transport keeps a queue as one list per priority level (the
-queue's name for priority 0, `<queue>\\x06\\x16<n>` for the others: kombu's
-`_q_for_pri`), and moves each delivered message into the `unacked` hash (JSON
-`[message, exchange, routing_key]`) until it is acked. Beatkeeper's worker
-adds the leases set (runs running now) and the delayed-retries set of each
-queue (docs/redis-data-model.md).
+Kombu's Redis transport keeps a queue as one list per priority step and moves each
+delivered message into its `unacked` hash (JSON `[message, exchange, routing_key]`)
+until it is acked. Where those are is kombu's to say: `QueueLayout` asks the channel
+of the operator's broker app (the same transport options as the workers') for the list
+of each priority step (`Channel._q_for_pri` over its `priority_steps`) and the name of
+the unacked hash, so a transport configured otherwise is measured as it is. Beatkeeper's
+worker adds the leases set (runs running now) and the delayed-retries set of each queue
+(docs/redis-data-model.md). Kombu itself offers a queue's size (`Channel._size`, one
+round trip per queue) but no count of one queue's unacked messages, so the probe reads
+the lists itself, in the pipeline it needs anyway.
 
 Per pool, one pipeline reads every priority list, the leases and the retries.
 The `unacked` hash is shared by every queue of the Redis and not indexed by
@@ -24,18 +28,13 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
 from beatkeeper.operator.autoscaler import BacklogSample, Upcoming
-from beatkeeper_worker import keys
-from beatkeeper_worker.keys import KeySpace
-
-PRIORITY_SEP = "\x06\x16"
-# kombu maps a message's priority onto its priority_steps (default 0, 3, 6, 9);
-# a transport configured with other steps may use any of 1..9.
-PRIORITIES = range(1, 10)
-UNACKED = "unacked"
+from beatkeeper_core import keys
+from beatkeeper_core.keys import KeySpace
 
 # Entries end with `, "<exchange>", "<routing key>"]`; only the tail is read.
 _TALLY = """
@@ -53,11 +52,37 @@ return flat
 """
 
 
-def queue_lists(queue: str, space: KeySpace = keys.ROOT) -> list[str]:
-    """Every list kombu may keep the queue's messages in (kombu's global key prefix,
-    under Redis tenancy, is the key space's)."""
-    first = space.queue_key(queue)
-    return [first, *(f"{first}{PRIORITY_SEP}{n}" for n in PRIORITIES)]
+class QueueLayout:
+    """kombu's names for a queue's keys, from a channel of the broker app's transport.
+
+    Under Redis tenancy kombu puts its `global_keyprefix` (the key space's prefix)
+    before each name, as `KeySpace` does for Beatkeeper's own keys.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    @classmethod
+    def of(cls, app: Any) -> QueueLayout:
+        """Opens a connection of `app` (kombu's channel pings Redis): raises redis errors."""
+        connection = app.connection_for_read()
+        try:
+            return cls(connection.default_channel)
+        except Exception:
+            connection.release()
+            raise
+
+    def lists(self, queue: str, space: KeySpace = keys.ROOT) -> list[str]:
+        """Every list kombu keeps the queue's messages in, one per priority step."""
+        channel = self._channel
+        names = dict.fromkeys(channel._q_for_pri(queue, step) for step in channel.priority_steps)
+        return [f"{space.prefix}{name}" for name in names]
+
+    def unacked(self, space: KeySpace = keys.ROOT) -> str:
+        return f"{space.prefix}{self._channel.unacked_key}"
+
+    def close(self) -> None:
+        self._channel.connection.client.release()
 
 
 def _retry_upcoming(entries: list[tuple[bytes, float]]) -> Upcoming | None:
@@ -75,11 +100,15 @@ class BacklogProbe:
     def __init__(
         self,
         client: redis.Redis,
+        app: Any,
         *,
         tally_max_age: float = 0.5,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`app`: the Celery app of the broker, whose transport names the queues' keys."""
         self.client = client
+        self.app = app
+        self._layout: QueueLayout | None = None
         self.tally_max_age = tally_max_age
         self._monotonic = monotonic
         self._script = client.register_script(_TALLY)
@@ -90,7 +119,8 @@ class BacklogProbe:
 
     def measure(self, queue: str, now: dt.datetime, space: KeySpace = keys.ROOT) -> BacklogSample:
         """Queued, unacked, leased and due-retry counts of `queue`; raises redis.RedisError."""
-        lists = queue_lists(queue, space)
+        layout = self.layout()
+        lists = layout.lists(queue, space)
         refresh = self._tally_stale(space.prefix)
         with self.client.pipeline(transaction=False) as pipe:
             for key in lists:
@@ -99,7 +129,7 @@ class BacklogProbe:
             pipe.zcount(space.retries_key(queue), "-inf", int(now.timestamp() * 1000))
             pipe.zrange(space.retries_key(queue), 0, 0, withscores=True)
             if refresh:
-                self._script(keys=[space.prefix + UNACKED], client=pipe)
+                self._script(keys=[layout.unacked(space)], client=pipe)
             results = pipe.execute()
         if refresh:
             self._store_tally(space.prefix, results[-1])
@@ -111,6 +141,19 @@ class BacklogProbe:
             retries_due=int(rest[1]),
             next_retry=_retry_upcoming(rest[2]),
         )
+
+    def layout(self) -> QueueLayout:
+        """kombu's names, from a channel opened on first use (Redis may come up later)."""
+        with self._lock:
+            if self._layout is None:
+                self._layout = QueueLayout.of(self.app)
+            return self._layout
+
+    def close(self) -> None:
+        with self._lock:
+            if self._layout is not None:
+                self._layout.close()
+                self._layout = None
 
     def registered(self, queue: str, space: KeySpace = keys.ROOT) -> tuple[str, ...] | None:
         """The task names the pool's workers announced (the union), or None when no

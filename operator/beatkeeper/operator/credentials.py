@@ -41,8 +41,8 @@ import redis
 
 from beatkeeper.operator.deployments import PoolRef, owner_reference, pool_labels
 from beatkeeper.operator.kubeapi import KubeApi
-from beatkeeper_core import tenancy
-from beatkeeper_core.settings import Tenancy
+from beatkeeper.operator.settings import Tenancy
+from beatkeeper_core import keys, tenancy
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class TenantCredentials:
 
     @staticmethod
     def state_key(namespace: str) -> str:
-        return f"{tenancy.STATE_PREFIX}{namespace}"
+        return keys.tenancy_state_key(namespace)
 
     def ensure(self, pool: PoolRef, rotate_token: str = "") -> int:
         """The pool's credential generation (for its pod template), provisioning the user,
@@ -167,9 +167,9 @@ class TenantCredentials:
         """Release the passwords of pools that no longer exist ((namespace, uid) of the
         live ones): pools deleted while the operator was away."""
         alive = set(live)
-        for key in self.client.scan_iter(match=f"{tenancy.STATE_PREFIX}*", count=500):
+        for key in self.client.scan_iter(match=f"{keys.TENANCY_STATE_PREFIX}*", count=500):
             namespace = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(
-                tenancy.STATE_PREFIX
+                keys.TENANCY_STATE_PREFIX
             )
             for uid in self.client.hkeys(key):
                 text = uid.decode() if isinstance(uid, bytes) else str(uid)

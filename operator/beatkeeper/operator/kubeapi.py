@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from beatkeeper import __version__
 from beatkeeper.api.base import GROUP, VERSION
+from beatkeeper_core import contract
 
 FIELD_MANAGER = "beatkeeper"
 # The apiserver names the field manager of a write after the User-Agent up to its
@@ -183,7 +184,7 @@ class KubeApi:
         """
         meta = body.get("metadata", {})
         namespace, name = meta.get("namespace"), meta.get("name", "object")
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = contract.format_time(dt.datetime.now(dt.UTC))
         message = message[:1024]
         key = "\x00".join([str(meta.get("uid", name)), kind, reason, message])
         event_name = f"{name}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"

@@ -12,7 +12,8 @@
   remove entries of objects that no longer exist.
 - `consume_records_forever`: read run records in the consumer group, fold them
   into status per object (coalesced per batch, written in parallel), then
-  acknowledge them.
+  acknowledge them. An object that fired (a Pending record) goes on the work
+  queue: its reconcile, the one writer of nextScheduleTime, moves it on.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any
 
 from beatkeeper.operator.conditions import Event
 from beatkeeper.operator.indexes import IndexView, snapshot
-from beatkeeper.operator.runrecords import PARKED_STREAM, EntryRef
+from beatkeeper.operator.runrecords import EntryRef
 from beatkeeper.operator.runtime import Runtime, post_events
-from beatkeeper_core import contract
+from beatkeeper_core import contract, keys
 
 logger = logging.getLogger(__name__)
 
@@ -157,11 +158,16 @@ async def _object(runtime: Runtime, tasks: IndexView, key: str) -> Mapping[str, 
     return body
 
 
-async def consume_once(runtime: Runtime, tasks: IndexView, gate: asyncio.Semaphore) -> None:
+Grouped = dict[str, list[tuple[EntryRef, contract.RunRecord]]]
+
+
+async def consume_once(
+    runtime: Runtime, tasks: IndexView, gate: asyncio.Semaphore, queue: WorkQueue | None = None
+) -> None:
     batch = await asyncio.to_thread(runtime.records.read, 500, 1000)
     if not batch:
         return
-    grouped: dict[str, list[tuple[EntryRef, contract.RunRecord]]] = {}
+    grouped: Grouped = {}
     done: list[EntryRef] = []
     for ident, entry in batch:
         if ident.namespace and entry.namespace != ident.namespace:
@@ -180,6 +186,22 @@ async def consume_once(runtime: Runtime, tasks: IndexView, gate: asyncio.Semapho
             done.append(ident)
         else:
             grouped.setdefault(entry.object_key, []).append((ident, entry))
+    done += await _apply_grouped(runtime, tasks, gate, grouped, queue)
+    await asyncio.to_thread(runtime.records.ack, done)
+    if len(done) < len(batch):
+        runtime.records.reread_pending()  # the held-back records, once their backoff passed
+
+
+async def _apply_grouped(
+    runtime: Runtime,
+    tasks: IndexView,
+    gate: asyncio.Semaphore,
+    grouped: Grouped,
+    queue: WorkQueue | None,
+) -> list[EntryRef]:
+    """Write each object's records (in parallel); the entries done with: applied, dropped
+    (the object is gone) or parked. Objects that fired go on the work queue."""
+    done: list[EntryRef] = []
     writes, waiting = [], []
     troubles = runtime.run_status.troubles
     for key, items in grouped.items():
@@ -192,15 +214,18 @@ async def consume_once(runtime: Runtime, tasks: IndexView, gate: asyncio.Semapho
             continue  # held back while its backoff runs; the others go on
         writes.append(_write(runtime, body, [record for _, record in items], gate))
         waiting.append((uid, body, items))
+    fired: list[tuple[str, str]] = []
     for error, (uid, body, items) in zip(await asyncio.gather(*writes), waiting, strict=True):
         if error is None:
             troubles.cleared(uid)
             done += [ident for ident, _ in items]
+            if any(record.state is contract.RunState.PENDING for _, record in items):
+                fired.append((body["metadata"]["namespace"], body["metadata"]["name"]))
         elif await asyncio.to_thread(_held_back, runtime, uid, body, items, error):
             done += [ident for ident, _ in items]
-    await asyncio.to_thread(runtime.records.ack, done)
-    if len(done) < len(batch):
-        runtime.records.reread_pending()  # the held-back records, once their backoff passed
+    if queue is not None and fired:
+        queue.add(fired)
+    return done
 
 
 async def _post_notice(runtime: Runtime, tasks: IndexView, notice: contract.ObjectNotice) -> None:
@@ -225,7 +250,7 @@ def _held_back(
     runtime.records.park(items, error)
     message = (
         f"{len(items)} run records could not be applied to status after {trouble.failures} "
-        f"tries and were parked in {PARKED_STREAM} ({error})"
+        f"tries and were parked in {keys.PARKED_STREAM} ({error})"
     )
     logger.error("%s: %s", items[0][1].object_key, message)
     post_events(runtime.kube, body, [Event("Warning", "RunRecordsParked", message)])
@@ -233,7 +258,9 @@ def _held_back(
     return True
 
 
-async def consume_records_forever(runtime: Runtime, tasks: IndexView) -> None:
+async def consume_records_forever(
+    runtime: Runtime, tasks: IndexView, queue: WorkQueue | None = None
+) -> None:
     gate = asyncio.Semaphore(STATUS_WRITERS)
     grouped = False
     while True:
@@ -243,7 +270,7 @@ async def consume_records_forever(runtime: Runtime, tasks: IndexView) -> None:
             if not grouped:
                 await asyncio.to_thread(runtime.records.ensure_group)
                 grouped = True
-            await consume_once(runtime, tasks, gate)
+            await consume_once(runtime, tasks, gate, queue)
         except Exception:
             logger.exception("reading run records failed; retrying")
             await asyncio.sleep(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ import aiohttp
 import kopf
 import redis
 
-from beatkeeper.api.base import GROUP, VERSION
+from beatkeeper.api.base import FINALIZER, GROUP, VERSION
 from beatkeeper.operator import loops, scheduledtasks, workerpools
 from beatkeeper.operator.access import AccessChecker
 from beatkeeper.operator.deployments import (
@@ -45,12 +46,11 @@ from beatkeeper.operator.runtime import (
     start_admission,
     utc_now,
 )
+from beatkeeper.operator.settings import OperatorSettings
 from beatkeeper.operator.supervision import LoopsUnhealthy, LoopSupervisor
 from beatkeeper.operator.webhook import Known
-from beatkeeper_core.settings import Settings
 
 ST = (GROUP, VERSION, "scheduledtasks")
-FINALIZER = f"{GROUP}/finalizer"
 WP = (GROUP, VERSION, "workerpools")
 Index = kopf.Index[tuple[str, str], Any]
 
@@ -87,10 +87,10 @@ async def startup(
     workerpool_uids: Index,
     **_: Any,
 ) -> None:
-    config = Settings.from_env().operator
+    config = OperatorSettings.from_env(os.environ)
     # Kopf removes its own finalizer from objects no deletion handler needs, so
     # it must not share a name with ours (which the reconciler manages).
-    settings.persistence.finalizer = f"kopf.{GROUP}/finalizer"
+    settings.persistence.finalizer = f"kopf.{FINALIZER}"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING  # our events are explicit, not every log line
@@ -123,7 +123,7 @@ async def startup(
     supervisor = memo["loops"] = LoopSupervisor()
     supervisor.start("queue", lambda: loops.reconcile_queued_forever(runtime, queue, tasks, pools))
     supervisor.start("resync", lambda: loops.resync_forever(runtime, tasks, pools, live_pools))
-    supervisor.start("run-records", lambda: loops.consume_records_forever(runtime, tasks))
+    supervisor.start("run-records", lambda: loops.consume_records_forever(runtime, tasks, queue))
     logger.info("operator configured", extra={"webhook": config.webhook})
 
 
@@ -341,7 +341,7 @@ async def worker_pool_daemon(
 
 def run() -> None:
     """Run the operator in the foreground until SIGINT/SIGTERM."""
-    config = Settings.from_env().operator
+    config = OperatorSettings.from_env(os.environ)
     endpoint = f"http://{config.health_listen}:{config.health_port}/healthz"
     liveness = endpoint if config.health_port else None
     kopf.configure(verbose=False)

@@ -18,7 +18,6 @@ direction).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +27,8 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from beatkeeper_core import contract
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _timestamp(value: Any) -> float | None:
     if not value:
         return None
     try:
-        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        return contract.parse_time(value).timestamp()
     except ValueError:
         return None
 

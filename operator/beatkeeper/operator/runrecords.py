@@ -20,13 +20,12 @@ from typing import cast
 import redis
 from pydantic import ValidationError
 
-from beatkeeper_core import contract, tenancy
+from beatkeeper_core import contract, keys
 
 logger = logging.getLogger(__name__)
 
 GROUP = "beatkeeper-operator"
 CONSUMER = "operator"  # one operator replica runs at a time (Recreate)
-PARKED_STREAM = f"{contract.RUN_RECORDS_STREAM}:parked"
 Entry = contract.RunRecord | contract.ObjectNotice
 PARKED_MAXLEN = 100_000
 
@@ -59,9 +58,9 @@ class RunRecordStream:
 
     def streams(self) -> dict[str, str]:
         """Stream name -> namespace ("" for the root stream)."""
-        found = {contract.RUN_RECORDS_STREAM: ""}
+        found = {keys.RUN_RECORDS_STREAM: ""}
         for namespace in sorted(set(self.namespaces()) if self.namespaces else ()):
-            found[f"{tenancy.key_prefix(namespace)}{contract.RUN_RECORDS_STREAM}"] = namespace
+            found[keys.key_space(namespace).records_stream()] = namespace
         return found
 
     def ensure_group(self, streams: Iterable[str] | None = None) -> None:
@@ -149,13 +148,13 @@ class RunRecordStream:
                 fields = {**record.to_stream_fields(), "entry": ref.id, "error": error[:1000]}
                 if ref.namespace:
                     fields["stream"] = ref.stream
-                pipe.xadd(PARKED_STREAM, fields, maxlen=PARKED_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                pipe.xadd(keys.PARKED_STREAM, fields, maxlen=PARKED_MAXLEN, approximate=True)  # type: ignore[arg-type]
             for ref, _ in entries:
                 pipe.xack(ref.stream, self.group, ref.id)
             pipe.execute()
 
     def parked(self) -> int:
-        return int(self.client.xlen(PARKED_STREAM))
+        return int(self.client.xlen(keys.PARKED_STREAM))
 
     def progress(self) -> tuple[int, int, int]:
         """(lag, pending, parked): records not read yet by the operator's group, read

@@ -1,11 +1,11 @@
 """Fold run records into the run-owned part of ScheduledTask status. Pure.
 
 The run-owned fields are lastRun, history, active, the counters (with
-consecutiveFailures, which the reconciler turns into health), lastScheduleTime,
-lastSuccessfulTime and (on each fire) nextScheduleTime; the reconciler owns the
-rest. Folding is idempotent per run: a record for a run
-that already finished (a record delivered again after an operator restart) is
-ignored, so counters never count a run twice.
+consecutiveFailures, which the reconciler turns into health), lastScheduleTime
+and lastSuccessfulTime; the reconciler owns the rest, nextScheduleTime included
+(a fire queues the object's reconcile, which moves it on). Folding is idempotent
+per run: a record for a run that already finished (a record delivered again after
+an operator restart) is ignored, so counters never count a run twice.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class RunView:
 def _time(value: Any) -> dt.datetime | None:
     if not value:
         return None
-    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return contract.parse_time(value)
 
 
 def _placeholder(run_id: str) -> RunStatus:
@@ -179,10 +179,10 @@ def _dump(run: RunStatus) -> dict[str, Any]:
 
 
 def _stamp(value: dt.datetime | None) -> str | None:
-    return contract.format_slot(value) if value else None
+    return contract.format_time(value) if value else None
 
 
-def render(view: RunView, next_schedule: dt.datetime | None, suspended: bool) -> dict[str, Any]:
+def render(view: RunView) -> dict[str, Any]:
     """The run-owned status fields as a merge patch."""
     active = [
         run.id
@@ -198,8 +198,6 @@ def render(view: RunView, next_schedule: dt.datetime | None, suspended: bool) ->
         "lastSuccessfulTime": _stamp(view.last_successful_time),
         **view.counters,
     }
-    if not suspended:
-        patch["nextScheduleTime"] = _stamp(next_schedule)
     _forget_settled(view, set(active))
     return patch
 

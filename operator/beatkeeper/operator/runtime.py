@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 import redis
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
+from beatkeeper.api.base import FINALIZER
 from beatkeeper.api.scheduledtask import CANCEL_ANNOTATION
 from beatkeeper.api.validation import InvalidSpec, parse_scheduled_task, parse_worker_pool
 from beatkeeper.api.workerpool import WorkerPoolSpec
@@ -40,20 +41,16 @@ from beatkeeper.operator.kubeapi import KubeApi, api_client, namespace_terminati
 from beatkeeper.operator.metrics import OperatorMetrics, PoolStatuses, StateCollector
 from beatkeeper.operator.podhealth import ObservedPod
 from beatkeeper.operator.runrecords import RunRecordStream
+from beatkeeper.operator.settings import OperatorSettings
 from beatkeeper.operator.trouble import TroubleBook
 from beatkeeper.operator.webhook import AdmissionServer
 from beatkeeper.pki import CertificateAuthority
-from beatkeeper_core import contract
+from beatkeeper_core import broker, contract, keys, records
+from beatkeeper_core.publish import publish_runs
 from beatkeeper_core.redbeat import RedbeatStore
-from beatkeeper_core.settings import OperatorSettings, WorkerSettings
-from beatkeeper_worker import keys
-from beatkeeper_worker.keys import key_space
-
-if TYPE_CHECKING:
-    from beatkeeper_worker.runs import RunRegistry
+from beatkeeper_core.runs import RunRegistry
 
 Clock = Callable[[], dt.datetime]
-FINALIZER = "beatkeeper.dev/finalizer"
 TASK_KIND, POOL_KIND = "ScheduledTask", "WorkerPool"
 Pools = Mapping[tuple[str, str], Mapping[str, Any]]
 logger = logging.getLogger(__name__)
@@ -139,34 +136,18 @@ class RunControl:
     """
 
     def __init__(self, settings: OperatorSettings, client: redis.Redis) -> None:
-        from beatkeeper_worker.app import create_app
-        from beatkeeper_worker.runtime import runtime_for
-
         self.client = client
-        self.tenancy = settings.tenancy.enabled
-        tls = settings.tls
-        self.app = create_app(
-            WorkerSettings(
-                broker_url=settings.redis_url,
-                tls_verify=tls.verify,
-                tls_ca_file=tls.ca_file,
-                tls_cert_file=tls.cert_file,
-                tls_key_file=tls.key_file,
-            ),
-            main="beatkeeper-operator",
-        )
-        self._runtime = runtime_for(self.app)
+        self.app = broker.celery_app(settings.redis_url, settings.tls, main="beatkeeper-operator")
+        self.registries = broker.Registries(client, tenancy=settings.tenancy.enabled)
 
     def registry(self, namespace: str) -> RunRegistry:
         """The run registry of the namespace's key space (the root one without tenancy)."""
-        return self._runtime.registry_for(namespace if self.tenancy else "")
+        return self.registries.for_namespace(namespace)
 
     def run_now(
         self, plan: scheduledtasks.TaskPlan, uid: str, token: str, now: dt.datetime
     ) -> None:
         """Publish the token's run; raises redis.RedisError (the next reconcile retries)."""
-        from beatkeeper_worker.publish import publish_runs
-
         definition = plan.definition
         assert definition is not None
         guard = keys.run_now_key(uid, token)
@@ -188,8 +169,6 @@ class RunControl:
 
     def cancel(self, object_key: str, token: str, now: dt.datetime) -> int:
         """Stop the object's runs in flight (Failed, Cancelled); returns how many."""
-        from beatkeeper_worker import records
-
         found = []
         message = f"cancelled by {CANCEL_ANNOTATION}={token}"
         registry = self.registry(object_key.partition("/")[0])
@@ -446,9 +425,8 @@ class RunStatusWriter:
         meta = body["metadata"]
         uid = str(meta.get("uid", ""))
         view = self.views.get(uid) or runstatus.RunView.from_status(body.get("status") or {})
-        limit, upcoming, suspended = self._schedule_facts(body)
-        events = runstatus.fold(view, records, limit)
-        patch = runstatus.render(view, upcoming, suspended)
+        events = runstatus.fold(view, records, self._history_limit(body))
+        patch = runstatus.render(view)
         try:
             written = self.kube.patch_status(
                 "scheduledtasks", meta["namespace"], meta["name"], patch
@@ -461,14 +439,12 @@ class RunStatusWriter:
             self.metrics.records_applied.inc(len(records))
             post_events(self.kube, body, events)
 
-    def _schedule_facts(self, body: Mapping[str, Any]) -> tuple[int, dt.datetime | None, bool]:
+    @staticmethod
+    def _history_limit(body: Mapping[str, Any]) -> int:
         try:
-            spec = parse_scheduled_task(body.get("spec"))
+            return parse_scheduled_task(body.get("spec")).history_limit
         except InvalidSpec:
-            return 5, None, True
-        created = scheduledtasks.ObservedTask.from_body(body).created
-        schedule = scheduledtasks.schedule_spec(spec, created).build()
-        return spec.history_limit, schedule.next_after(self.clock()), spec.suspend
+            return 5
 
     def forget(self, uid: str) -> None:
         self.views.pop(uid, None)
@@ -644,7 +620,7 @@ class WorkerPoolReconciler:
             token = observed.annotations.get(ROTATE_ANNOTATION, "")
             generation = self.credentials.ensure(observed.ref, token)
             tenant = TenantSecret(secret_name(observed.name), generation, observed.namespace)
-            space = key_space(observed.namespace)
+            space = keys.key_space(observed.namespace)
         if self.probe is not None:
             queue = contract.queue_name(observed.namespace, observed.name)
             try:
@@ -736,12 +712,7 @@ class Runtime:
 def redis_client(settings: OperatorSettings) -> redis.Redis:
     """The operator's Redis client: its URL, with the TLS settings the chart passes
     (BEATKEEPER_BROKER_TLS_*) for a rediss:// URL."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=10,
-        health_check_interval=30,
-        **settings.tls.redis_options(settings.redis_url),
-    )
+    return broker.redis_client(settings.redis_url, settings.tls, timeout=10)
 
 
 def build_runtime(
@@ -761,7 +732,7 @@ def build_runtime(
         TenantCredentials(client, kube, tenancy, settings.redis_url) if tenancy.enabled else None
     )
     backoff = settings.object_backoff_seconds
-    probe = BacklogProbe(client)
+    probe = BacklogProbe(client, control.app)
     counted = OperatorMetrics(CollectorRegistry())
     return Runtime(
         settings=settings,
@@ -786,7 +757,7 @@ def build_runtime(
         ),
         backlog=probe,
         metrics=counted,
-        closers=[kube.client.close, client.close],
+        closers=[kube.client.close, client.close, probe.close],
     )
 
 

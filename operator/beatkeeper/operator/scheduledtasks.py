@@ -78,13 +78,11 @@ class TaskPlan:
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(dt.UTC)
+    return contract.parse_time(value) if value else None
 
 
 def _format_time(value: dt.datetime | None) -> str | None:
-    return contract.format_slot(value) if value else None
+    return contract.format_time(value) if value else None
 
 
 def schedule_spec(spec: ScheduledTaskSpec, created: dt.datetime) -> contract.ScheduleSpec:

@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from beatkeeper.api.base import GROUP, VERSION
+from beatkeeper.api.base import FINALIZER, GROUP, VERSION
 from beatkeeper.operator import admission
 from beatkeeper.operator.access import AccessChecker, pool_needs
 from beatkeeper.operator.indexes import tasks_of_pool
@@ -40,7 +40,6 @@ from beatkeeper.operator.indexes import tasks_of_pool
 logger = logging.getLogger(__name__)
 
 NAME = GROUP  # the webhook configurations' name
-FINALIZER = f"{GROUP}/finalizer"
 Lookup = Callable[[], Mapping[tuple[str, str], Any]]
 
 

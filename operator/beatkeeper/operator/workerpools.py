@@ -250,10 +250,6 @@ def _limited(observed: ObservedPool, scaling: Scaling, now: dt.datetime) -> list
     ]
 
 
-def _format_time(instant: dt.datetime) -> str:
-    return instant.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _status(
     observed: ObservedPool,
     *,
@@ -275,7 +271,7 @@ def _status(
         "desiredReplicas": scaling.replicas,
         "backlog": previous.get("backlog", 0) if scaling.backlog is None else scaling.backlog,
         "active": previous.get("active", 0) if scaling.active is None else scaling.active,
-        "lastScaleTime": _format_time(now) if scaled else previous.get("lastScaleTime"),
+        "lastScaleTime": contract.format_time(now) if scaled else previous.get("lastScaleTime"),
         "selector": selector(observed.name),
         "registeredTasks": (
             previous.get("registeredTasks") if registered is None else list(registered)
@@ -368,10 +364,10 @@ def slot_source(
 def _schedule(source: Mapping[str, Any]) -> schedules.Schedule | None:
     try:
         spec = parse_scheduled_task(source["spec"])
-        created = dt.datetime.fromisoformat(str(source["created"]).replace("Z", "+00:00"))
+        created = contract.parse_time(source["created"])
     except (InvalidSpec, ValueError):
         return None
-    return None if spec.suspend else schedule_spec(spec, created.astimezone(dt.UTC)).build()
+    return None if spec.suspend else schedule_spec(spec, created).build()
 
 
 @dataclass

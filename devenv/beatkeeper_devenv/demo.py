@@ -32,18 +32,18 @@ from typing import Any
 
 import yaml
 
-from beatkeeper.devenv.environment import Environment, local_environment
-from beatkeeper.devenv.helm import Helm, ensure_helm
-from beatkeeper.devenv.images import ensure_images
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper.devenv.prometheus import (
+from beatkeeper_devenv.environment import Environment, local_environment
+from beatkeeper_devenv.helm import Helm, ensure_helm
+from beatkeeper_devenv.images import ensure_images
+from beatkeeper_devenv.kube import kubectl
+from beatkeeper_devenv.prometheus import (
     screenshot,
     start_prometheus,
     targets,
     value,
     write_targets,
 )
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.settings import DevSettings
 
 NAMESPACE = "demo"
 RELEASE = "bk"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import redis
 
-from beatkeeper.devenv.cluster import free_port
-from beatkeeper.devenv.processes import Component, Supervisor, wait_until
+from beatkeeper_devenv.cluster import free_port
+from beatkeeper_devenv.processes import Component, Supervisor, wait_until
 
 
 class RedisMissing(RuntimeError):
@@ -70,7 +70,7 @@ def start_redis(
             "",
             "--appendonly",
             "yes" if append_only else "no",
-            # Evicting keys would make schedules vanish silently (FACTS.md).
+            # Evicting keys would make schedules vanish silently.
             "--maxmemory-policy",
             "noeviction",
             "--daemonize",

@@ -1,7 +1,7 @@
 """A real Kubernetes control plane: etcd, kube-apiserver, controller-manager.
 
 Alone it serves on 127.0.0.1 and Pods stay Pending. With a node
-(`beatkeeper.devenv.node`), the apiserver binds and advertises the pod network's
+(`beatkeeper_devenv.node`), the apiserver binds and advertises the pod network's
 gateway instead, so pods reach it through the `kubernetes` Service with real
 ServiceAccount tokens; the controller-manager then also runs the node, endpoint,
 volume and StatefulSet controllers, and the node's parts get client
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from beatkeeper.devenv.processes import Supervisor, wait_until
 from beatkeeper.pki import CertificateAuthority, KeyPair, write_service_account_key
+from beatkeeper_devenv.processes import Supervisor, wait_until
 
 ADMIN_TOKEN = "admin-token"  # noqa: S105 - a local, loopback-only test cluster
 SERVICE_CIDR = "10.0.0.0/24"

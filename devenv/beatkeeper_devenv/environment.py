@@ -8,7 +8,7 @@ machine. Component logs are kept under the state directory so that a failing
 test can point to them after the scratch state is gone. A local control plane
 also gives out client-certificate identities (`Environment.user_kubeconfig`)
 and keeps an audit log of ServiceAccounts and of those identities in
-`cluster.AUDITED_GROUP` (`Environment.audit_log`, see `beatkeeper.devenv.cluster`).
+`cluster.AUDITED_GROUP` (`Environment.audit_log`, see `beatkeeper_devenv.cluster`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beatkeeper.devenv.build import ensure_cluster_binary, ensure_coredns
-from beatkeeper.devenv.cluster import LocalControlPlane
-from beatkeeper.devenv.images import Built, ensure_images
-from beatkeeper.devenv.node import (
+from beatkeeper_devenv.build import ensure_cluster_binary, ensure_coredns
+from beatkeeper_devenv.cluster import LocalControlPlane
+from beatkeeper_devenv.images import Built, ensure_images
+from beatkeeper_devenv.node import (
     GATEWAY,
     NODE_NAME,
     NodeConfig,
@@ -33,9 +33,9 @@ from beatkeeper.devenv.node import (
     start_keeper,
     wait_node_ready,
 )
-from beatkeeper.devenv.processes import Supervisor
-from beatkeeper.devenv.redis import start_redis
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.processes import Supervisor
+from beatkeeper_devenv.redis import start_redis
+from beatkeeper_devenv.settings import DevSettings
 
 Progress = Callable[[str], None]
 UserKubeconfig = Callable[[str, str, tuple[str, ...]], Path]  # (file name, user, groups)
@@ -91,7 +91,7 @@ def local_environment(
     """Start a control plane (or use `external_kubeconfig`), a node if asked, and Redis.
 
     `extra_images`: more images FROM the worker image for the node (name, context,
-    files), as `beatkeeper.devenv.images.ensure_images` takes them.
+    files), as `beatkeeper_devenv.images.ensure_images` takes them.
     """
     if node and external_kubeconfig is not None:
         raise ValueError("a local node joins the local control plane, not an existing cluster")

@@ -1,21 +1,26 @@
-"""Names of every Redis key the worker writes; docs/redis-data-model.md describes each.
+"""The name of every Redis key Beatkeeper reads or writes; docs/redis-data-model.md
+describes each. Nothing else spells a key name (kombu names its own: queues, `unacked`).
 
-All keys share the `beatkeeper:` prefix. Per-queue keys carry the queue name
-(which includes the namespace), so pools never touch each other's indexes.
+- The workers' keys (`KeySpace`): the run registry, leases, retries, the run-record
+  stream. Beatkeeper's own share the `beatkeeper:` prefix; per-queue keys carry the
+  queue name (which includes the namespace), so pools never touch each other's indexes.
+- The operator's and beat's keys, never in a tenant's key space: redbeat's entries,
+  schedule and lock (under the redbeat prefix), the run-now guard, the parked records,
+  the tenancy records.
 
 With Redis tenancy on (`beatkeeper_core.tenancy`), a namespace's workers use a
-`KeySpace` whose prefix (`bk:<namespace>:`) goes before every one of these
-names, and before kombu's own keys and channels, so a Redis ACL of the form
+`KeySpace` whose prefix (`bk:<namespace>:`) goes before every one of their names,
+and before kombu's own keys and channels, so a Redis ACL of the form
 `~bk:<namespace>:*` confines them. The module-level functions are the keys of
 the root key space (no prefix): single-credential installs.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from beatkeeper_core import tenancy
-from beatkeeper_core.contract import RUN_RECORDS_STREAM
+from beatkeeper_core.contract import object_key
 
 RUN_PREFIX = "beatkeeper:run:"
 LEASES_PREFIX = "beatkeeper:leases:"
@@ -28,6 +33,15 @@ RUN_NOW_PREFIX = "beatkeeper:run-now:"
 UNCLAIMED_PREFIX = "beatkeeper:unclaimed:"
 REGISTERED_PREFIX = "beatkeeper:registered:"
 REGISTERED_TTL_SECONDS = 7 * 86400  # refreshed by every worker start
+RUN_RECORDS_STREAM = "beatkeeper:runs"
+# Records the operator could not apply to status, kept for a look (admin-only).
+PARKED_STREAM = f"{RUN_RECORDS_STREAM}:parked"
+# The operator's own record of each namespace's credential (admin-only keys).
+TENANCY_STATE_PREFIX = "beatkeeper:tenancy:"
+TENANT_PREFIX = "bk:"
+REDBEAT_KEY_PREFIX = "redbeat:"  # BEATKEEPER_REDBEAT_PREFIX unless set
+
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -87,9 +101,20 @@ class KeySpace:
 ROOT = KeySpace()
 
 
+def check_namespace(namespace: str) -> str:
+    if not _NAMESPACE.match(namespace):
+        raise ValueError(f"{namespace!r} is not a namespace name (a DNS label)")
+    return namespace
+
+
+def tenant_prefix(namespace: str) -> str:
+    """The prefix of every key and channel of a namespace's workers (Redis tenancy)."""
+    return f"{TENANT_PREFIX}{check_namespace(namespace)}:"
+
+
 def key_space(namespace: str) -> KeySpace:
     """The key space of a namespace's workers under Redis tenancy; "" is the root one."""
-    return KeySpace(tenancy.key_prefix(namespace)) if namespace else ROOT
+    return KeySpace(tenant_prefix(namespace)) if namespace else ROOT
 
 
 run_key = ROOT.run_key
@@ -107,3 +132,23 @@ def run_now_key(uid: str, token: str) -> str:
     """String: the slot a ScheduledTask's run-now token was first acted on at (the
     operator's own key: never in a tenant's key space)."""
     return f"{RUN_NOW_PREFIX}{uid}:{token}"
+
+
+def tenancy_state_key(namespace: str) -> str:
+    """Hash: the operator's record of a namespace's Redis user (password hashes, by pool)."""
+    return f"{TENANCY_STATE_PREFIX}{namespace}"
+
+
+def redbeat_key(namespace: str, name: str, prefix: str = REDBEAT_KEY_PREFIX) -> str:
+    """Hash: the redbeat entry of one ScheduledTask (definition and meta)."""
+    return f"{prefix}{object_key(namespace, name)}"
+
+
+def redbeat_schedule_key(prefix: str = REDBEAT_KEY_PREFIX) -> str:
+    """Sorted set: redbeat's entry keys scored by next due time."""
+    return f"{prefix}:schedule"
+
+
+def redbeat_lock_key(prefix: str = REDBEAT_KEY_PREFIX) -> str:
+    """String: redbeat's HA lock, held by the beat that fires."""
+    return f"{prefix}:lock"

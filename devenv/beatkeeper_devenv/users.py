@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from beatkeeper.devenv.kube import kubectl
 from beatkeeper.pki import CertificateAuthority, KeyPair
+from beatkeeper_devenv.kube import kubectl
 
 
 @dataclass(frozen=True)

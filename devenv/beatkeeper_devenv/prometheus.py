@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
-from beatkeeper.devenv.cluster import free_port
-from beatkeeper.devenv.processes import Component, Supervisor, wait_until
+from beatkeeper_devenv.cluster import free_port
+from beatkeeper_devenv.processes import Component, Supervisor, wait_until
 
-RULES = Path(__file__).resolve().parents[3] / "charts" / "beatkeeper" / "files"
+RULES = Path(__file__).resolve().parents[2] / "charts" / "beatkeeper" / "files"
 RULES_FILE = RULES / "prometheus-rules.yaml"
 
 

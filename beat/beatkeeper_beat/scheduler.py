@@ -1,7 +1,7 @@
 """Beatkeeper's Celery beat scheduler: redbeat's data model and lock, Beatkeeper's tick.
 
-Run as `beatkeeper beat` (celery beat with `-S beatkeeper_worker.beat:BeatkeeperScheduler`).
-Differences from stock redbeat that users rely on (FACTS.md):
+Run as `beatkeeper beat` (celery beat with `-S beatkeeper_beat.scheduler:BeatkeeperScheduler`).
+Differences from stock redbeat that users rely on:
 
 - Due entries are loaded in batches (one ZRANGEBYSCORE, one pipelined HMGET per
   batch), not one HGET per entry.
@@ -28,15 +28,13 @@ import redis
 from pydantic import ValidationError
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
 
-from beatkeeper_core import contract, firing
+from beatkeeper_beat import metrics
+from beatkeeper_beat.metrics import BeatMetrics
+from beatkeeper_beat.settings import BeatSettings
+from beatkeeper_core import broker, contract, firing
+from beatkeeper_core.publish import prepare_runs, push_runs
 from beatkeeper_core.redbeat import Advance, DueEntry, RedbeatStore
-from beatkeeper_core.settings import BeatSettings, WorkerSettings
-from beatkeeper_worker import metrics
-from beatkeeper_worker.app import create_app
-from beatkeeper_worker.metrics import BeatMetrics
-from beatkeeper_worker.publish import prepare_runs, push_runs
-from beatkeeper_worker.runs import EncodedRun, RunRegistry
-from beatkeeper_worker.runtime import redis_client, runtime_for
+from beatkeeper_core.runs import EncodedRun, RunRegistry
 
 logger = logging.getLogger(__name__)
 _UNREADABLE_RETRY = dt.timedelta(seconds=60)
@@ -114,14 +112,14 @@ class Firer:
         self,
         app: Any,
         store: RedbeatStore,
+        registries: broker.Registries,
         batch: int,
         *,
         lookahead: float = 5.0,
         metrics: BeatMetrics | None = None,
-        tenancy: bool = False,
     ) -> None:
         self.metrics = metrics
-        self.tenancy = tenancy
+        self.registries = registries
         self.app = app
         self.store = store
         self.batch = batch
@@ -206,8 +204,7 @@ class Firer:
 
     def _registry(self, namespace: str) -> RunRegistry:
         """Where a namespace's runs go: its own key space under Redis tenancy."""
-        runtime = runtime_for(self.app)
-        return runtime.registry_for(namespace) if self.tenancy else runtime.registry()
+        return self.registries.for_namespace(namespace)
 
     def _push(self, now: dt.datetime) -> int:
         ready = [p for p in self.prepared.values() if p.due <= now.timestamp()]
@@ -227,10 +224,10 @@ class Firer:
         # drops the duplicate run id) instead of losing the slot.
         spaces: dict[str, list[_Prepared]] = {}
         for item in chunk:
-            spaces.setdefault(item.namespace if self.tenancy else "", []).append(item)
+            spaces.setdefault(self.registries.space(item.namespace).prefix, []).append(item)
         runs = missed = 0
-        for namespace, items in spaces.items():
-            registry = self._registry(namespace)
+        for items in spaces.values():
+            registry = self._registry(items[0].namespace)
             encoded = [run for item in items for run in item.runs]
             push_runs(registry, encoded)
             records = [record for item in items for record in item.missed]
@@ -273,25 +270,27 @@ class BeatkeeperScheduler(RedBeatScheduler):  # type: ignore[misc]
     lock: Any  # redbeat's: the held redis-py Lock, or None
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
-        self.beat_settings = BeatSettings.from_env(os.environ)
-        worker_settings = WorkerSettings.from_env(os.environ)
-        app.conf.redbeat_redis_url = worker_settings.broker_url
+        settings = self.beat_settings = BeatSettings.from_env(os.environ)
+        app.conf.redbeat_redis_url = settings.redis_url
         app.conf.redbeat_key_prefix = self.beat_settings.redbeat_prefix
         app.conf.redbeat_lock_timeout = int(self.beat_settings.lock_seconds)
         # Also the standby's lock polling interval; celery's CLI only takes whole seconds.
         kwargs["max_interval"] = self.beat_settings.poll_seconds
         super().__init__(app, **kwargs)
-        store = RedbeatStore(redis_client(worker_settings), self.beat_settings.redbeat_prefix)
-        self.store = store
-        self.metrics = metrics.beat() if self.beat_settings.metrics_port else None
-        self._holding = False
-        self.firer = Firer(
-            app,
-            store,
-            self.beat_settings.batch,
-            metrics=self.metrics,
-            tenancy=self.beat_settings.tenancy,
+        client = broker.redis_client(
+            settings.redis_url, settings.tls, timeout=settings.redis_timeout_seconds
         )
+        store = RedbeatStore(client, settings.redbeat_prefix)
+        self.store = store
+        self.metrics = metrics.beat() if settings.metrics_port else None
+        self._holding = False
+        registries = broker.Registries(
+            client,
+            tenancy=settings.tenancy,
+            retention_seconds=settings.retention_seconds,
+            records_maxlen=settings.records_maxlen,
+        )
+        self.firer = Firer(app, store, registries, settings.batch, metrics=self.metrics)
 
     @property
     def schedule(self) -> dict[str, Any]:
@@ -366,7 +365,7 @@ def beat_argv(extra: Sequence[str] = ()) -> list[str]:
     return [
         "beat",
         "--scheduler",
-        "beatkeeper_worker.beat:BeatkeeperScheduler",
+        "beatkeeper_beat.scheduler:BeatkeeperScheduler",
         "--schedule",
         "/tmp/beatkeeper-beat-schedule",  # noqa: S108 - unused by this scheduler
         "--loglevel",
@@ -381,6 +380,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.metrics_port:
         metrics.beat().lock_held.set(0)  # a standby says so from its first scrape
         metrics.serve(settings.metrics_port, settings.metrics_listen)
-    app = create_app(WorkerSettings.from_env(os.environ), main="beatkeeper-beat")
+    app = broker.celery_app(settings.redis_url, settings.tls, main="beatkeeper-beat")
     app.start(argv=beat_argv(list(argv or [])))
     return 0

@@ -19,14 +19,14 @@ from typing import Literal
 import redis
 from redis.commands.core import Script
 
+from beatkeeper_core import keys
 from beatkeeper_core.contract import (
     ObjectNotice,
     RunEnvelope,
     RunRecord,
     RunState,
 )
-from beatkeeper_worker import keys
-from beatkeeper_worker.keys import KeySpace
+from beatkeeper_core.keys import KeySpace
 
 _PRELUDE = """
 local FINISHED = {{Succeeded=true, Failed=true, Skipped=true, Missed=true}}
@@ -426,16 +426,25 @@ class EncodedRun:
         )
 
 
+# Defaults of the worker's (and beat's) settings of the same names.
+DEFAULT_LEASE_SECONDS = 15.0  # BEATKEEPER_LEASE_SECONDS
+DEFAULT_RETENTION_SECONDS = 7 * 86400.0  # BEATKEEPER_RUN_RETENTION_SECONDS
+DEFAULT_RECORDS_MAXLEN = 100_000  # BEATKEEPER_RECORDS_MAXLEN
+
+
 class RunRegistry:
-    """Claims, leases, outcomes and retry indexes of runs, one script per transition."""
+    """Claims, leases, outcomes and retry indexes of runs, one script per transition.
+
+    Publishers (beat, the operator) claim nothing, so they keep the default lease.
+    """
 
     def __init__(
         self,
         client: redis.Redis,
         *,
-        lease_seconds: float,
-        retention_seconds: float,
-        records_maxlen: int,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+        records_maxlen: int = DEFAULT_RECORDS_MAXLEN,
         space: KeySpace = keys.ROOT,
     ) -> None:
         self.client = client

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.settings import DevSettings
 
 Progress = Callable[[str], None]
 
@@ -223,7 +223,7 @@ def _print_progress(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Print the paths of the binaries named (default: all), building what is missing."""
-    from beatkeeper_core.settings import Settings
+    from beatkeeper_devenv.settings import DevSettings
 
     builds = {
         "cluster": ensure_cluster_binary,
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(names) - set(builds))
     if unknown:
         raise SystemExit(f"unknown build {', '.join(unknown)}; choose from {', '.join(builds)}")
-    dev = Settings.from_env().dev
+    dev = DevSettings.from_env(os.environ)
     for name in names:
         print(builds[name](dev))
 

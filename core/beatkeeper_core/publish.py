@@ -1,6 +1,16 @@
 """Putting a run on a pool's queue: the message, its time limits, and its Pending record.
 
-Used by beat for each due slot and by the sweeper for retries and recoveries.
+Two ways, one message:
+- `send_run`/`publish_run`: Celery's own `app.send_task`, one run at a time (the worker's
+  sweeper for retries and recoveries).
+- `prepare_runs`/`push_runs`/`publish_runs`: the batch adapter (beat for due slots, the
+  operator for run-now). It builds with Celery (`app.amqp.as_task_v2`) the message kombu's
+  Redis transport would LPUSH, ahead of time, and pushes many of them, with their
+  registry entries, in one script call. `bench/publish_path.py` measures why:
+  publishing 10,000 runs due in the same second through `app.send_task` misses the
+  target of p99 < 1 s (README, Benchmarks), the adapter meets it. That a stock Celery
+  worker consumes what it builds is tested in tests/integration/test_stock_consumer.py.
+
 The per-envelope time limits travel as the message's `soft_time_limit` and
 `time_limit`, so the prefork pool enforces them on the entry task, which runs
 the user's task in-process.
@@ -17,10 +27,9 @@ from typing import Any
 
 from kombu import serialization
 
+from beatkeeper_core import records
 from beatkeeper_core.contract import ENTRY_TASK, RunEnvelope, RunPolicy
-from beatkeeper_worker import records
-from beatkeeper_worker.runs import EncodedRun, RunRegistry
-from beatkeeper_worker.runtime import runtime_for
+from beatkeeper_core.runs import EncodedRun, RunRegistry
 
 
 def time_limits(policy: RunPolicy) -> dict[str, float]:
@@ -49,7 +58,7 @@ def publish_run(
     envelope: RunEnvelope,
     queue: str,
     *,
-    registry: RunRegistry | None = None,
+    registry: RunRegistry,
     now: dt.datetime | None = None,
 ) -> bool:
     """Record the run `Pending` (once per run id) and publish it; True if it was new.
@@ -57,7 +66,6 @@ def publish_run(
     A run id published again (beat failover, a retried publish) is published
     again, at least once, and the worker's claim drops the extra delivery.
     """
-    registry = registry or runtime_for(app).registry()
     record = records.pending(envelope, now or dt.datetime.now(dt.UTC))
     is_new = registry.mark_pending(envelope, queue, record)
     send_run(app, envelope, queue)
@@ -140,9 +148,8 @@ def publish_runs(
     app: Any,
     runs: Sequence[tuple[RunEnvelope, str]],
     *,
-    registry: RunRegistry | None = None,
+    registry: RunRegistry,
     now: dt.datetime | None = None,
 ) -> list[bool]:
     """`publish_run` for many runs, a few round trips in all."""
-    registry = registry or runtime_for(app).registry()
     return push_runs(registry, prepare_runs(app, runs, now or dt.datetime.now(dt.UTC)))

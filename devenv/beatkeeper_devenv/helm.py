@@ -3,7 +3,7 @@
 `helm.sh/helm/v3` has no replace directives, so `go install module/cmd/helm@version`
 builds it with exactly the dependency graph its maintainers pinned in go.sum. The
 binary lives under the cache directory beside the control plane's, and shares
-its GOMODCACHE and GOCACHE (see `beatkeeper.devenv.build`); its name carries a
+its GOMODCACHE and GOCACHE (see `beatkeeper_devenv.build`); its name carries a
 hash of the version, the Go toolchain and the link flags, so it is rebuilt only
 when one of them changes.
 
@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from beatkeeper.devenv.build import BuildFailed, GoBuild, Progress, _exclusive, _go_version
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.build import BuildFailed, GoBuild, Progress, _exclusive, _go_version
+from beatkeeper_devenv.settings import DevSettings
 
 HELM_MODULE = "helm.sh/helm/v3"
 HELM_VERSION = "v3.17.3"
@@ -166,9 +166,9 @@ def _print_progress(message: str) -> None:
 
 
 def main() -> None:
-    from beatkeeper_core.settings import Settings
+    from beatkeeper_devenv.settings import DevSettings
 
-    print(ensure_helm(Settings.from_env().dev))
+    print(ensure_helm(DevSettings.from_env(os.environ)))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """A real node on this machine: containerd, kubelet, kube-scheduler, kube-proxy, cluster DNS.
 
-The recipe is NODE.md's (in the shared docs the project was started from):
+The recipe:
 containerd and runc from Debian, kubelet, scheduler and kube-proxy from the
 control plane's own binary, CoreDNS built from its Go module, images imported
-from local archives and never pulled. `python -m beatkeeper.devenv.node
+from local archives and never pulled. `python -m beatkeeper_devenv.node
 --config FILE` is the node's keeper: one process that owns every part of the
 node and, on SIGTERM (also the parent-death signal when its launcher is
 SIGKILLed), takes all of it down again. `LocalNode` is the launcher's side.
@@ -48,10 +48,10 @@ from typing import Any
 
 import yaml
 
-from beatkeeper.devenv.cluster import SERVICE_CIDR, free_port
-from beatkeeper.devenv.processes import Component, Supervisor, wait_until
-from beatkeeper.devenv.provisioner import PROVISIONER, run_provisioner
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.cluster import SERVICE_CIDR, free_port
+from beatkeeper_devenv.processes import Component, Supervisor, wait_until
+from beatkeeper_devenv.provisioner import PROVISIONER, run_provisioner
+from beatkeeper_devenv.settings import DevSettings
 
 NETWORK_READY = "node: network ready"
 NODE_READY = "node: ready"
@@ -883,7 +883,7 @@ def keep(config: NodeConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beatkeeper.devenv.node")
+    parser = argparse.ArgumentParser(prog="python -m beatkeeper_devenv.node")
     parser.add_argument("--config", type=Path, required=True, help="NodeConfig JSON file")
     args = parser.parse_args(argv)
     return keep(NodeConfig.read(args.config))
@@ -911,7 +911,7 @@ def start_keeper(supervisor: Supervisor, config: NodeConfig, config_path: Path) 
     """Start the keeper and wait until its network is up (the apiserver binds to it)."""
     config.write(config_path)
     component = supervisor.start(
-        "node", [sys.executable, "-m", "beatkeeper.devenv.node", f"--config={config_path}"]
+        "node", [sys.executable, "-m", "beatkeeper_devenv.node", f"--config={config_path}"]
     )
     component.stop_grace = 90.0  # it kills containers and unmounts before it exits
     wait_until(component, lambda: NETWORK_READY in component.log_path.read_text(), timeout=60)

@@ -1,6 +1,6 @@
 """Beatkeeper's images, built here from the Dockerfiles users build, with no registry.
 
-`make images` (`python -m beatkeeper.devenv.images`) builds, with buildah:
+`make images` (`python -m beatkeeper_devenv.images`) builds, with buildah:
 - a Python base from Debian packages (debootstrap: python3, python3-venv,
   ca-certificates), which the Dockerfiles take as `PYTHON_IMAGE`;
 - `beatkeeper-operator:<appVersion>` (operator/Dockerfile; it also runs beat)
@@ -27,6 +27,7 @@ import argparse
 import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -38,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beatkeeper_core.settings import DevSettings
+from beatkeeper_devenv.settings import DevSettings
 
 Progress = Callable[[str], None]
 SUITE = "bookworm"
@@ -388,7 +389,7 @@ class Builder:
             "PIP_NO_INDEX": "1",
             "PIP_FIND_LINKS": "/wheelhouse",
         }
-        shared = ("pyproject.toml", "README.md", "constraints.txt", ".dockerignore", "core")
+        shared = ("constraints.txt", ".dockerignore", "core")
         worker = self.dockerfile(
             DockerfileImage(
                 ref=image_ref("beatkeeper-worker", self.version),
@@ -406,7 +407,14 @@ class Builder:
                 ref=image_ref("beatkeeper-operator", self.version),
                 dockerfile="operator/Dockerfile",
                 context=self.repo,
-                sources=(*shared, "worker_image", "operator/beatkeeper", "operator/Dockerfile"),
+                sources=(
+                    *shared,
+                    "pyproject.toml",
+                    "README.md",
+                    "beat",
+                    "operator/beatkeeper",
+                    "operator/Dockerfile",
+                ),
                 build_args=offline,
                 wheels=True,
             ),
@@ -524,12 +532,12 @@ def ensure_images(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beatkeeper.devenv.images")
+    parser = argparse.ArgumentParser(prog="python -m beatkeeper_devenv.images")
     parser.add_argument("--sizes", action="store_true", help="print each image's size")
     args = parser.parse_args(argv)
-    from beatkeeper_core.settings import Settings
+    from beatkeeper_devenv.settings import DevSettings
 
-    settings = Settings.from_env().dev
+    settings = DevSettings.from_env(os.environ)
 
     def say(message: str) -> None:
         print(f"[beatkeeper] {message}", file=sys.stderr, flush=True)
@@ -539,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The archive holds every layer uncompressed: the image's size on a node.
         size = f"{built.archive.stat().st_size / 2**20:8.1f} MiB  " if args.sizes else ""
         print(f"{name:<9} {size}{built.ref}")
-    from beatkeeper.devenv.node import import_images, running_node
+    from beatkeeper_devenv.node import import_images, running_node
 
     node = running_node(settings)
     if node is None:

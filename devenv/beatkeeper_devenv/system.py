@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from beatkeeper.devenv.cluster import free_port
-from beatkeeper.devenv.environment import Environment
-from beatkeeper.devenv.kube import kubectl
-from beatkeeper.devenv.processes import Component, wait_until
+from beatkeeper_devenv.cluster import free_port
+from beatkeeper_devenv.environment import Environment
+from beatkeeper_devenv.kube import kubectl
+from beatkeeper_devenv.processes import Component, wait_until
 
 WEBHOOK_CONFIG = "beatkeeper.dev"
 
