@@ -1,4 +1,4 @@
-"""Run records as the worker writes them: one constructor per state, safe messages.
+"""Run records as the worker, beat and the operator write them: one constructor per state.
 
 The registry's scripts append the encoded records to the `beatkeeper:runs`
 stream in the same round trip as the state change; this module only decides

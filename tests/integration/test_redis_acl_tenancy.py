@@ -164,11 +164,12 @@ def test_workers_of_two_namespaces_are_confined_to_their_own_keys(
             record = _finished(admin, _run(app, pool, "bk_test.work", key=counter))
             assert record.state is RunState.SUCCEEDED, record
             assert admin.get(counter) == b"1"
-            probe = BacklogProbe(admin)
+            probe = BacklogProbe(admin, app)
             queue = queue_name(pool.namespace, pool.name)
             space = key_space(pool.namespace)
             assert "bk_test.reach" in (probe.registered(queue, space) or ())
             assert probe.measure(queue, dt.datetime.now(dt.UTC), space).queued == 0
+            probe.close()
         # Task code of one namespace, with its own credential, is refused every key and
         # channel of the other and every key of the operator and beat.
         for mine, theirs in (pools, pools[::-1]):

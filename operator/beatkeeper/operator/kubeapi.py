@@ -181,6 +181,12 @@ class KubeApi:
         object make one Event whose `count` grows: its name is derived from them,
         so a repeat finds it (409) and bumps count and lastTimestamp, and takes the
         new `annotations` (per-occurrence details such as the run id).
+
+        Not kopf's `kopf.event`: kopf 1.45 posts a new Event per call (a generated
+        name, no count, no annotations; its poster's docstring leaves aggregation to
+        the client library), so a task failing every minute would add 1,440 Events a
+        day where this keeps one. tests/e2e/test_kubectl_conventions.py checks the
+        one Event, its count and its annotations.
         """
         meta = body.get("metadata", {})
         namespace, name = meta.get("namespace"), meta.get("name", "object")
