@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from beatkeeper_core import keys
 from beatkeeper_core.runs import (
     DEFAULT_RECORDS_MAXLEN,
     DEFAULT_RETENTION_SECONDS,
@@ -26,7 +27,7 @@ class BeatSettings:
 
     redis_url: str = _DEFAULT_URL
     tls: RedisTls = field(default_factory=RedisTls)
-    redbeat_prefix: str = "redbeat:"
+    redbeat_prefix: str = keys.REDBEAT_KEY_PREFIX
     lock_seconds: float = 10.0  # a standby takes over this long after the active beat died
     poll_seconds: float = 0.2  # longest sleep: bounds lateness of newly written entries
     batch: int = 1000  # due entries loaded per round trip
@@ -48,7 +49,7 @@ class BeatSettings:
                 or _DEFAULT_URL
             ),
             tls=RedisTls.from_env(env),
-            redbeat_prefix=env.get("BEATKEEPER_REDBEAT_PREFIX", "redbeat:"),
+            redbeat_prefix=env.get("BEATKEEPER_REDBEAT_PREFIX", keys.REDBEAT_KEY_PREFIX),
             lock_seconds=number(env, "BEATKEEPER_BEAT_LOCK_SECONDS", cls.lock_seconds),
             poll_seconds=number(env, "BEATKEEPER_BEAT_POLL_SECONDS", cls.poll_seconds),
             batch=int(number(env, "BEATKEEPER_BEAT_BATCH", cls.batch)),

@@ -1,7 +1,7 @@
 """ScheduledTask -> redbeat entry -> beat -> worker -> run records -> status, for real.
 
 The real kube-apiserver, the operator process (kopf), Redis, `beatkeeper beat`
-and `beatkeeper worker` processes; nothing mocked. Resync is 2 s here.
+and `beatkeeper-worker` processes; nothing mocked. Resync is 2 s here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`beatkeeper worker`: run `celery worker` for the configured queue and pool.
+"""`beatkeeper-worker`: run `celery worker` for the configured queue and pool.
 
 Everything comes from `WorkerSettings` (environment variables); arguments
 given here are passed on to `celery worker` after Beatkeeper's own, so they
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker in the foreground; SIGTERM is a warm shutdown (running tasks finish)."""
     settings = WorkerSettings.from_env(os.environ)
     if not settings.queue:
-        print("beatkeeper worker: set BEATKEEPER_WORKER_QUEUE to the pool's queue", file=sys.stderr)
+        print("beatkeeper-worker: set BEATKEEPER_WORKER_QUEUE to the pool's queue", file=sys.stderr)
         return 2
     if settings.metrics_port:
         from beatkeeper_worker import metrics

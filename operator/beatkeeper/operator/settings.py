@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from beatkeeper_core import keys
 from beatkeeper_core.settings import RedisTls, csv, flag, listen, number, port, positive
 
 WebhookMode = Literal["local", "service", "off"]
@@ -46,6 +47,8 @@ class OperatorSettings:
     redis_url: str
     namespaces: tuple[str, ...]  # empty: every namespace; names or kopf's globs (`team-*`)
     resync_seconds: float
+    # service (the default, in a cluster: the chart's Service and certificate Secret),
+    # local (the local environment: a server on this host with its own CA) or off.
     webhook: WebhookMode
     webhook_listen: str  # address the webhook server binds
     webhook_port: int  # 0: a free port (local mode)
@@ -78,7 +81,7 @@ class OperatorSettings:
             health_listen=env.get("BEATKEEPER_HEALTH_LISTEN", "127.0.0.1"),
             metrics_port=port(env, "BEATKEEPER_METRICS_PORT"),
             metrics_listen=listen(env),
-            redbeat_prefix=env.get("BEATKEEPER_REDBEAT_PREFIX", "redbeat:"),
+            redbeat_prefix=env.get("BEATKEEPER_REDBEAT_PREFIX", keys.REDBEAT_KEY_PREFIX),
             object_backoff_seconds=positive(env, "BEATKEEPER_OBJECT_BACKOFF_SECONDS", 2.0),
             tls=RedisTls.from_env(env),
             tenancy=Tenancy.from_env(env),
