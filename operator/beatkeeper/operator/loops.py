@@ -10,6 +10,13 @@
   to the index in batches (level-triggered: a deleted redbeat key, a flushed
   Redis or a missed watch event heals within one period), and now and then
   remove entries of objects that no longer exist.
+Both are ours rather than kopf's per-object handlers (`on.create`/`on.update` and a
+`kopf.timer` per object as the resync): bench/queue_vs_kopf.py runs that variant,
+with the same reconciler, beside this one. With 1,000 ScheduledTasks applied at
+once it made them all Ready in 15.5 s against 7.3 s here (target 10 s), and with
+10,000 objects it used 680 MiB against 254 MiB (target 250 MiB): kopf adds its own
+finalizer and two patches per object, and 10,000 timer tasks.
+
 - `consume_records_forever`: read run records in the consumer group, fold them
   into status per object (coalesced per batch, written in parallel), then
   acknowledge them. An object that fired (a Pending record) goes on the work
