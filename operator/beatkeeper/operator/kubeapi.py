@@ -185,8 +185,10 @@ class KubeApi:
         Not kopf's `kopf.event`: kopf 1.45 posts a new Event per call (a generated
         name, no count, no annotations; its poster's docstring leaves aggregation to
         the client library), so a task failing every minute would add 1,440 Events a
-        day where this keeps one. tests/e2e/test_kubectl_conventions.py checks the
-        one Event, its count and its annotations.
+        day where this keeps one. bench/event_posting.py measures both: 500 repeats
+        store 500 Events (585 KB) through kopf, one (1.2 KB) here, at 3 requests per
+        repeat instead of 1. tests/e2e/test_kubectl_conventions.py checks the one
+        Event, its count and its annotations.
         """
         meta = body.get("metadata", {})
         namespace, name = meta.get("namespace"), meta.get("name", "object")
