@@ -44,21 +44,15 @@ from typing import Any
 
 import kopf
 
-from beatkeeper.api.base import FINALIZER, GROUP
+from beatkeeper.api.base import FINALIZER
 from beatkeeper.operator import loops, main
-from beatkeeper.operator.access import AccessChecker
 from beatkeeper.operator.deployments import APP_NAME, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
 from beatkeeper.operator.indexes import IndexView, SpecGenerations, snapshot
 from beatkeeper.operator.runtime import (
     Runtime,
-    build_runtime,
-    serve_metrics,
-    start_admission,
-    utc_now,
 )
 from beatkeeper.operator.settings import OperatorSettings
 from beatkeeper.operator.supervision import LoopSupervisor
-from beatkeeper.operator.webhook import Known
 
 ST, WP = main.ST, main.WP
 Index = main.Index
@@ -104,28 +98,10 @@ async def startup(
 ) -> None:
     """main.startup without the work queue and the resync loop."""
     config = OperatorSettings.from_env(os.environ)
-    settings.persistence.finalizer = f"kopf.{FINALIZER}"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 300
-    settings.execution.max_workers = 32
+    main.configure(settings)
     tasks, pools = IndexView(scheduledtask_bodies), IndexView(workerpool_specs)
-
-    def namespaces() -> set[str]:
-        return {namespace for namespace, _ in pools} | {namespace for namespace, _ in tasks}
-
-    runtime = await asyncio.to_thread(build_runtime, config, utc_now, namespaces)
-    memo["runtime"] = runtime
     registered = IndexView(workerpool_registered)
-    access = AccessChecker.for_client(runtime.kube.client)
-    runtime.closers.append(access.close)
-    known = Known(
-        pools=lambda: pools, tasks=lambda: tasks, registered=lambda: registered, access=access
-    )
-    memo["admission"] = await asyncio.to_thread(start_admission, config, runtime.kube, known)
-    if config.metrics_port:
-        memo["metrics"] = await asyncio.to_thread(serve_metrics, runtime, tasks, config)
+    runtime = await main.start_runtime(config, memo, tasks, pools, registered)
     per_object = memo["queue"] = PerObject(runtime, tasks, pools)
     memo["pool_generations"] = SpecGenerations()
     supervisor = memo["loops"] = LoopSupervisor()

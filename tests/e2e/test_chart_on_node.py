@@ -140,6 +140,15 @@ def release(kubeconfig: Path, crds: Path, worker_image: str) -> Iterator[Release
         client = bundled_redis(kubeconfig, release_ns, fullname)
         yield Release(helm, kubeconfig, name, release_ns, team, bare, client)
         client.close()
+        # This release's operator finalizes its tasks before it goes. Left with our
+        # finalizer, they would wait in their terminating namespaces for another
+        # release's operator to finalize them (test_helm's, cluster-wide at first, whose
+        # requests its own upgrade to namespaced RBAC then refuses).
+        for made in (team, bare):
+            kubectl(
+                kubeconfig, "delete", "scheduledtasks", "--all", "-n", made,
+                "--wait=true", "--timeout=60s", check=False, timeout=90,
+            )  # fmt: skip
         helm("uninstall", name, "-n", release_ns, "--wait", check=False)
         for made in (release_ns, team, bare):
             kubectl(kubeconfig, "delete", "namespace", made, "--wait=false", check=False)

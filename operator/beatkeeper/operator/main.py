@@ -75,6 +75,43 @@ async def login(logger: logging.Logger, **kwargs: Any) -> kopf.AiohttpSession | 
     )
 
 
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for this operator (bench/kopf_operator.py uses them too)."""
+    # Kopf removes its own finalizer from objects no deletion handler needs, so
+    # it must not share a name with ours (which the reconciler manages).
+    settings.persistence.finalizer = f"kopf.{FINALIZER}"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING  # our events are explicit, not every log line
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 32
+
+
+async def start_runtime(
+    config: OperatorSettings,
+    memo: kopf.Memo,
+    tasks: IndexView,
+    pools: IndexView,
+    registered: IndexView,
+) -> Runtime:
+    """The runtime, the admission webhook and /metrics, kept in `memo`."""
+
+    def namespaces() -> set[str]:
+        return {namespace for namespace, _ in pools} | {namespace for namespace, _ in tasks}
+
+    runtime = await asyncio.to_thread(build_runtime, config, utc_now, namespaces)
+    memo["runtime"] = runtime
+    access = AccessChecker.for_client(runtime.kube.client)  # a WorkerPool author's rights
+    runtime.closers.append(access.close)
+    known = Known(
+        pools=lambda: pools, tasks=lambda: tasks, registered=lambda: registered, access=access
+    )
+    memo["admission"] = await asyncio.to_thread(start_admission, config, runtime.kube, known)
+    if config.metrics_port:
+        memo["metrics"] = await asyncio.to_thread(serve_metrics, runtime, tasks, config)
+    return runtime
+
+
 @kopf.on.startup()
 async def startup(
     *,
@@ -88,35 +125,14 @@ async def startup(
     **_: Any,
 ) -> None:
     config = OperatorSettings.from_env(os.environ)
-    # Kopf removes its own finalizer from objects no deletion handler needs, so
-    # it must not share a name with ours (which the reconciler manages).
-    settings.persistence.finalizer = f"kopf.{FINALIZER}"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    settings.posting.level = logging.WARNING  # our events are explicit, not every log line
-    settings.watching.server_timeout = 300
-    settings.execution.max_workers = 32
+    configure(settings)
     tasks, pools = IndexView(scheduledtask_bodies), IndexView(workerpool_specs)
-
-    def namespaces() -> set[str]:
-        return {namespace for namespace, _ in pools} | {namespace for namespace, _ in tasks}
-
-    runtime = await asyncio.to_thread(build_runtime, config, utc_now, namespaces)
-    memo["runtime"] = runtime
-    uids = IndexView(workerpool_uids)
+    registered, uids = IndexView(workerpool_registered), IndexView(workerpool_uids)
+    runtime = await start_runtime(config, memo, tasks, pools, registered)
 
     def live_pools() -> set[tuple[str, str]]:
         return {(namespace, str(uids[(namespace, name)])) for namespace, name in uids}
 
-    registered = IndexView(workerpool_registered)
-    access = AccessChecker.for_client(runtime.kube.client)  # a WorkerPool author's rights
-    runtime.closers.append(access.close)
-    known = Known(
-        pools=lambda: pools, tasks=lambda: tasks, registered=lambda: registered, access=access
-    )
-    memo["admission"] = await asyncio.to_thread(start_admission, config, runtime.kube, known)
-    if config.metrics_port:
-        memo["metrics"] = await asyncio.to_thread(serve_metrics, runtime, tasks, config)
     queue = memo["queue"] = loops.WorkQueue()
     memo["reconciled_fingerprints"] = {}
     memo["pool_generations"] = SpecGenerations()
