@@ -105,6 +105,16 @@ def namespace(kubeconfig: Path, prefix: str, labels: tuple[str, ...] = ()) -> st
     return name
 
 
+def release_finalizers(kubeconfig: Path, where: str) -> None:
+    """Drop the finalizers of what is left in `where` once no operator serves it."""
+    left = get_json(kubeconfig, "scheduledtasks,workerpools", "-n", where)["items"]
+    for item in left:
+        kubectl(
+            kubeconfig, "patch", item["kind"].lower(), item["metadata"]["name"], "-n", where,
+            "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False,
+        )  # fmt: skip
+
+
 def bundled_redis(kubeconfig: Path, release_namespace: str, fullname: str) -> redis.Redis:
     """The bundled Redis from the host: its Service's ClusterIP (kube-proxy routes it)."""
     secret = get_json(kubeconfig, "secret", f"{fullname}-redis", "-n", release_namespace)
@@ -140,16 +150,20 @@ def release(kubeconfig: Path, crds: Path, worker_image: str) -> Iterator[Release
         client = bundled_redis(kubeconfig, release_ns, fullname)
         yield Release(helm, kubeconfig, name, release_ns, team, bare, client)
         client.close()
-        # This release's operator finalizes its tasks before it goes. Left with our
-        # finalizer, they would wait in their terminating namespaces for another
-        # release's operator to finalize them (test_helm's, cluster-wide at first, whose
-        # requests its own upgrade to namespaced RBAC then refuses).
+        # Nothing of ours may outlive this module with our finalizer on it: it would wait
+        # in its terminating namespace for another release's operator to finalize it
+        # (test_helm's, cluster-wide at first, whose requests its own upgrade to namespaced
+        # RBAC then refuses). This release's operator finalizes them if it still runs (a
+        # failed test_uninstall_leaves_no_beatkeeper_pod); what is left after it has gone
+        # loses the finalizer here.
         for made in (team, bare):
             kubectl(
-                kubeconfig, "delete", "scheduledtasks", "--all", "-n", made,
+                kubeconfig, "delete", "scheduledtasks,workerpools", "--all", "-n", made,
                 "--wait=true", "--timeout=60s", check=False, timeout=90,
             )  # fmt: skip
         helm("uninstall", name, "-n", release_ns, "--wait", check=False)
+        for made in (team, bare):
+            release_finalizers(kubeconfig, made)
         for made in (release_ns, team, bare):
             kubectl(kubeconfig, "delete", "namespace", made, "--wait=false", check=False)
 
@@ -493,8 +507,11 @@ def test_helm_upgrade_rolls_operator_and_beat_without_a_lost_or_doubled_run(
 
 
 def test_uninstall_leaves_no_beatkeeper_pod(release: Release) -> None:
+    # What the README asks of a user: delete the objects while their operator still runs
+    # (it removes its finalizer and their schedule entries), then uninstall.
     for where in (release.team, release.bare):
-        kubectl(release.kubeconfig, "delete", "wp", "--all", "-n", where, "--wait=true")
+        for kind in ("st", "wp"):
+            kubectl(release.kubeconfig, "delete", kind, "--all", "-n", where, "--wait=true")
     release.helm("uninstall", release.name, "-n", release.namespace, "--wait")
 
     def no_pods() -> bool:
