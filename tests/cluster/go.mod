@@ -1,6 +1,6 @@
 // The local control plane: one binary that runs etcd, kube-apiserver and
 // kube-controller-manager from Kubernetes v1.32.5 modules. Built and cached by
-// beatkeeper.devenv.build; never imported by anything else.
+// beatkeeper_devenv.build; never imported by anything else.
 module beatkeeper.dev/cluster
 
 go 1.23.0

@@ -1,5 +1,5 @@
 // The local node's cluster DNS: CoreDNS with the kubernetes plugin and nothing
-// that forwards. Built and cached by beatkeeper.devenv.build.
+// that forwards. Built and cached by beatkeeper_devenv.build.
 module beatkeeper.dev/coredns
 
 go 1.23.0

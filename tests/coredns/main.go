@@ -2,7 +2,7 @@
 // plugins its Corefile uses (bind, health, ready, errors, cache, kubernetes).
 // Without `forward` it answers for the cluster domain and refuses every other
 // name, so pods can resolve Services but never reach a resolver beyond this
-// machine. Built and cached by beatkeeper.devenv.build; never imported.
+// machine. Built and cached by beatkeeper_devenv.build; never imported.
 package main
 
 import (

@@ -2,7 +2,7 @@
 
 // Package kubeconform pins kubeconform, the manifest validator GitOps pipelines
 // run, so the tests can check the project's JSON schemas with the real tool.
-// beatkeeper.devenv.build builds its command from this module and caches it;
+// beatkeeper_devenv.build builds its command from this module and caches it;
 // this file is never compiled.
 package kubeconform
 
