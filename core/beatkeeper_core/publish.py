@@ -135,7 +135,10 @@ def push_runs(registry: RunRegistry, prepared: Sequence[EncodedRun]) -> list[boo
     through kombu (plus a task-sent event each) made the last of 10,000 runs
     seconds late. Per run the registry comes first, then the message, as in
     `publish_run`; a run id already known is enqueued again and the worker's
-    claim drops the extra delivery.
+    claim drops the extra delivery. Nothing here goes through kombu's producer,
+    so Celery's `before_task_publish`/`after_task_publish` signals and the
+    task-sent event do not fire for these runs (the operator learns of them
+    from their Pending records).
     """
     fresh: list[bool] = []
     for start in range(0, len(prepared), _PUSH_CHUNK):
