@@ -153,9 +153,9 @@ def release(kubeconfig: Path, crds: Path, worker_image: str) -> Iterator[Release
         # Nothing of ours may outlive this module with our finalizer on it: it would wait
         # in its terminating namespace for another release's operator to finalize it
         # (test_helm's, cluster-wide at first, whose requests its own upgrade to namespaced
-        # RBAC then refuses). This release's operator finalizes them if it still runs (a
-        # failed test_uninstall_leaves_no_beatkeeper_pod); what is left after it has gone
-        # loses the finalizer here.
+        # RBAC then refuses). This release's operator finalizes them if it still runs
+        # (test_uninstall_leaves_no_beatkeeper_pod failed or was not selected); what is
+        # left after it has gone loses the finalizer here.
         for made in (team, bare):
             kubectl(
                 kubeconfig, "delete", "scheduledtasks,workerpools", "--all", "-n", made,
@@ -510,8 +510,7 @@ def test_uninstall_leaves_no_beatkeeper_pod(release: Release) -> None:
     # What the README asks of a user: delete the objects while their operator still runs
     # (it removes its finalizer and their schedule entries), then uninstall.
     for where in (release.team, release.bare):
-        for kind in ("st", "wp"):
-            kubectl(release.kubeconfig, "delete", kind, "--all", "-n", where, "--wait=true")
+        kubectl(release.kubeconfig, "delete", "st,wp", "--all", "-n", where, "--wait=true")
     release.helm("uninstall", release.name, "-n", release.namespace, "--wait")
 
     def no_pods() -> bool:
